@@ -1,0 +1,215 @@
+"""Configuration: a TOML file plus ``ARBITER_*`` environment overrides.
+
+Where each setting comes from, highest first:
+
+1. command-line flags (``--database-url``, ``--mode``) — applied by the CLI;
+2. environment variables: ``ARBITER_<SECTION>__<KEY>`` for any key (e.g.
+   ``ARBITER_DAEMON__MODE=enforce``), plus the short forms in :data:`ENV_ALIASES`
+   (``ARBITER_DATABASE_URL``, ``ARBITER_MODE``, ``ARBITER_LOG_LEVEL``, ...);
+3. the config file: ``--config``, else ``ARBITER_CONFIG``, else the first of
+   ``$XDG_CONFIG_HOME/arbiter/config.toml`` and ``/etc/arbiter/config.toml`` that exists;
+4. defaults: the embedded default, a SQLite file in the user's data directory.
+
+Unknown keys are errors. Every error names the file (or variable) and the key.
+Secrets (database passwords, API keys) are held as ``SecretStr`` or masked URLs and
+never logged or printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from arbiter.errors import ConfigError
+
+ENV_PREFIX = "ARBITER_"
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "ARBITER_DATABASE_URL": ("database", "url"),
+    "ARBITER_MODE": ("daemon", "mode"),
+    "ARBITER_LOG_LEVEL": ("logging", "level"),
+    "ARBITER_LOG_FORMAT": ("logging", "format"),
+}
+NOT_SETTINGS = {"ARBITER_CONFIG"}
+
+
+class Mode(StrEnum):
+    OBSERVE = "observe"
+    """Record decisions only."""
+    RECOMMEND = "recommend"
+    """Plan migrations and show them; execute nothing."""
+    ENFORCE = "enforce"
+    """Execute planned migrations."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Section):
+    url: SecretStr | None = None
+    """SQLAlchemy URL; None means the embedded default SQLite file."""
+    echo: bool = False
+
+
+class DaemonConfig(_Section):
+    mode: Mode = Mode.OBSERVE
+    name: str | None = None
+    """How this daemon names itself in leases and events; defaults to host:pid."""
+    lease_seconds: Annotated[float, Field(ge=5, le=3600)] = 30
+    tick_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
+
+
+class LoggingConfig(_Section):
+    level: str = "info"
+    format: str = "auto"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("expected one of debug, info, warning, error, critical")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"auto", "json", "console"}:
+            raise ValueError("expected one of auto, json, console")
+        return value
+
+
+class CatalogConfig(_Section):
+    regions_file: Path | None = None
+    jurisdictions_files: tuple[Path, ...] = ()
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    enabled: bool = True
+
+
+class Settings(_Section):
+    database: DatabaseConfig = DatabaseConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    logging: LoggingConfig = LoggingConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    http: HttpConfig = HttpConfig()
+
+
+class LoadedConfig:
+    """Validated settings plus where they came from."""
+
+    def __init__(self, settings: Settings, *, file: Path | None, origins: Mapping[str, str]):
+        self.settings = settings
+        self.file = file
+        self.origins = dict(origins)
+
+
+def default_config_paths() -> tuple[Path, ...]:
+    from platformdirs import user_config_dir
+
+    return (Path(user_config_dir("arbiter")) / "config.toml", Path("/etc/arbiter/config.toml"))
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env.get("ARBITER_CONFIG"):
+        return Path(env["ARBITER_CONFIG"])
+    for candidate in default_config_paths():
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
+            continue
+        if name in ENV_ALIASES:
+            path = ENV_ALIASES[name]
+        elif "__" in name:
+            path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        else:
+            known = ", ".join(sorted([*ENV_ALIASES, "ARBITER_<SECTION>__<KEY>"]))
+            raise ConfigError(f"unknown variable; known: {known}", source=f"environment {name}")
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+        origins[".".join(path)] = f"environment {name}"
+    return data, origins
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Read, merge and validate the configuration. Raises ConfigError naming file and key."""
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config file not found", source=str(file)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(file)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=str(file)) from None
+    file_label = str(file) if file else "defaults"
+    overrides, origins = _env_overrides(env)
+    merged = _merge(data, overrides)
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        source = origins.get(key, file_label)
+        got = err.get("input")
+        shown = "" if _is_secret_key(key) or isinstance(got, dict) else f" (got {got!r})"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key{_did_you_mean(err['loc'])}"
+            shown = ""
+        raise ConfigError(f"{message}{shown}", source=source, key=key) from None
+    return LoadedConfig(settings, file=file, origins=origins)
+
+
+def _is_secret_key(key: str) -> bool:
+    return any(word in key for word in ("url", "password", "secret", "token", "key"))
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(model.model_fields)}"

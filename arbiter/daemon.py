@@ -1,0 +1,172 @@
+"""The long-running daemon: wiring, leadership and a clean shutdown.
+
+``arbiter run`` builds a :class:`Daemon` and calls :meth:`Daemon.run`, which
+
+1. checks the store is at the current schema (the embedded SQLite default is
+   upgraded automatically; PostgreSQL must be upgraded with ``arbiter db upgrade``);
+2. loads the region catalog and writes it to the store;
+3. takes the leader lease (on SQLite a second daemon is refused; on PostgreSQL it
+   stands by and takes over when the leader's lease expires);
+4. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
+   then lets the running job finish, releases the lease and returns 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import Engine
+
+from arbiter.config import Settings
+from arbiter.domain.regions import RegionCatalog
+from arbiter.errors import LeaseHeld, StoreError
+from arbiter.logs import get_logger
+from arbiter.ports import Clock, SystemClock
+from arbiter.store.db import check_current, upgrade
+from arbiter.store.repositories import Store
+
+LEADER_LEASE = "leader"
+
+
+def default_daemon_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """True if ``holder`` names a process on this host that no longer exists."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        catalog: RegionCatalog,
+        *,
+        database_url: str,
+        clock: Clock | None = None,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.store = Store(engine)
+        self.catalog = catalog
+        self.database_url = database_url
+        self.clock = clock or SystemClock()
+        self.name = settings.daemon.name or default_daemon_name()
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self.is_leader = False
+        self.stopping = threading.Event()
+        self.log = get_logger("daemon", daemon=self.name)
+        self._scheduler: Any = None
+
+    # -- start-up ---------------------------------------------------------------
+
+    def prepare_store(self) -> None:
+        if self.is_sqlite:
+            upgrade(self.database_url)
+        check_current(self.engine)
+        count = self.store.regions.sync(self.catalog, now=self.clock.now())
+        self.log.info("regions synced", regions=count)
+
+    def try_lead(self) -> bool:
+        """Take or renew the leader lease. Returns whether this daemon leads now."""
+        ttl = timedelta(seconds=self.settings.daemon.lease_seconds)
+        now = self.clock.now()
+        try:
+            self.store.leases.acquire(LEADER_LEASE, self.name, now=now, ttl=ttl)
+        except LeaseHeld as held:
+            if _holder_is_dead(held.holder):
+                self.log.warning("taking over lease of a dead daemon", previous=held.holder)
+                self.store.leases.acquire(
+                    LEADER_LEASE, self.name, now=now, ttl=ttl, steal_from=held.holder
+                )
+            else:
+                if self.is_leader:
+                    self.log.error("lost leadership", leader=held.holder)
+                self.is_leader = False
+                if self.is_sqlite:
+                    raise StoreError(
+                        f"another arbiter daemon ({held.holder}) is running on this SQLite "
+                        "database; SQLite supports one daemon at a time — use PostgreSQL "
+                        "to run several"
+                    ) from None
+                return False
+        if not self.is_leader:
+            self.log.info("leading", lease_seconds=ttl.total_seconds())
+        self.is_leader = True
+        return True
+
+    # -- jobs -------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Renew leadership. Later steps (poll, reconcile) hang off the scheduler too."""
+        try:
+            self.try_lead()
+        except StoreError as exc:
+            self.log.error("tick failed", error=str(exc))
+            if self.is_sqlite and "another arbiter daemon" in str(exc):
+                self.stopping.set()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.prepare_store()
+        self.try_lead()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.settings.daemon.tick_seconds,
+            id="tick",
+            max_instances=1,
+            coalesce=True,
+        )
+        self._scheduler.start()
+        self.log.info(
+            "started",
+            mode=self.settings.daemon.mode.value,
+            leader=self.is_leader,
+            backend=self.engine.dialect.name,
+        )
+        if on_ready:
+            on_ready()
+        try:
+            while not self.stopping.wait(timeout=1.0):
+                pass
+        finally:
+            self._scheduler.shutdown(wait=True)
+            if self.is_leader:
+                try:
+                    self.store.leases.release(LEADER_LEASE, self.name)
+                except StoreError as exc:
+                    self.log.warning("could not release lease", error=str(exc))
+            self.engine.dispose()
+            self.log.info("stopped")
+        return 0

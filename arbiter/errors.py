@@ -1,0 +1,141 @@
+"""arbiter's one exception tree.
+
+Every error the project raises on purpose is an ``ArbiterError``. Adapters translate
+vendor errors (botocore, google-api-core, azure-core, httpx, SQLAlchemy) at the
+boundary with ``raise ... from exc`` so the core and the CLI never see SDK types::
+
+    ArbiterError
+    ├── ConfigError            bad config file or ARBITER_* variable (file, key)
+    ├── CatalogError           bad region catalog or jurisdiction table (file, line, field)
+    ├── ProviderError          a market-data source failed (source)
+    │   ├── Throttled          temporary; may carry retry_after seconds
+    │   ├── Unavailable        temporary; 5xx, timeouts, connection errors
+    │   ├── AuthFailed         credentials missing or refused; not retried
+    │   └── BadPayload         malformed or partial response; rejected whole
+    ├── PolicyError            bad policy or workload file (file, line, field)
+    ├── PlacementError
+    │   └── Unplaceable        no compliant placement exists (reasons)
+    ├── GuardrailExceeded      a migration guardrail refused an action
+    └── StoreError             the database is unreachable or out of date
+        └── LeaseHeld          another daemon holds the lease
+
+Each error carries its data as attributes, not only in its message, so callers
+(and tests) can act on it.
+"""
+
+from __future__ import annotations
+
+
+class ArbiterError(Exception):
+    """Base of every error arbiter raises on purpose."""
+
+
+class ConfigError(ArbiterError):
+    """A config file or ARBITER_* environment variable is invalid."""
+
+    def __init__(self, message: str, *, source: str, key: str | None = None) -> None:
+        self.source = source
+        self.key = key
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+class CatalogError(ArbiterError):
+    """The region catalog or jurisdiction table is invalid."""
+
+    def __init__(
+        self, message: str, *, source: str, line: int | None = None, field: str | None = None
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.field = field
+        where = source if line is None else f"{source}:{line}"
+        if field:
+            where = f"{where}: {field}"
+        super().__init__(f"{where}: {message}")
+
+
+class ProviderError(ArbiterError):
+    """A market-data source failed."""
+
+    def __init__(self, message: str, *, source: str) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}")
+
+
+class Throttled(ProviderError):
+    """The source asked us to slow down; temporary."""
+
+    def __init__(self, message: str, *, source: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, source=source)
+
+
+class Unavailable(ProviderError):
+    """The source is temporarily unreachable or failing (5xx, timeout)."""
+
+
+class AuthFailed(ProviderError):
+    """Credentials are missing or were refused; retrying will not help."""
+
+
+class BadPayload(ProviderError):
+    """The response was malformed or partial; it is rejected whole."""
+
+    def __init__(self, message: str, *, source: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message, source=source)
+
+
+class PolicyError(ArbiterError):
+    """A policy or workload file is invalid."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.column = column
+        self.field = field
+        where = source
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        if field:
+            where += f": {field}"
+        super().__init__(f"{where}: {message}")
+
+
+class PlacementError(ArbiterError):
+    """Placement could not be computed."""
+
+
+class Unplaceable(PlacementError):
+    """No compliant placement exists for a workload; ``reasons`` says why."""
+
+    def __init__(self, workload: str, reasons: tuple[str, ...]) -> None:
+        self.workload = workload
+        self.reasons = reasons
+        super().__init__(f"{workload}: cannot be placed: " + "; ".join(reasons))
+
+
+class GuardrailExceeded(ArbiterError):
+    """A migration guardrail refused an action."""
+
+
+class StoreError(ArbiterError):
+    """The store is unreachable, misconfigured or not at the expected schema revision."""
+
+
+class LeaseHeld(StoreError):
+    """Another daemon holds the lease on a resource."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        self.name = name
+        self.holder = holder
+        super().__init__(f"lease {name!r} is held by {holder}")

@@ -1,0 +1,168 @@
+"""Connecting to the store and keeping its schema current.
+
+PostgreSQL (≥ 14) is the production store; a SQLite file is the embedded default.
+The same Alembic migrations (top-level ``migrations/``) run on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from arbiter.errors import StoreError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def default_sqlite_path() -> Path:
+    """The embedded default database: ``arbiter.db`` in the user's data directory."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("arbiter")) / "arbiter.db"
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{default_sqlite_path()}"
+
+
+def display_url(url: str) -> str:
+    """The URL with its password masked, safe to print and log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for ``postgresql://`` URLs (SQLAlchemy would default to psycopg2)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {display_url(url)}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise StoreError(
+            f"unsupported database {parsed.get_backend_name()!r}; use postgresql or sqlite"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(url: str, *, echo: bool = False, read_only: bool = False) -> Engine:
+    """An engine for ``url``; SQLite files get their directory created, WAL and FKs.
+
+    ``read_only`` opens SQLite read-only and PostgreSQL sessions with
+    ``default_transaction_read_only``, so nothing the caller does can write.
+    """
+    url = normalise_url(url)
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database).expanduser()
+            if read_only:
+                if not path.exists():
+                    raise StoreError(f"database file {path} does not exist; run `arbiter db upgrade`")
+                url = f"sqlite:///file:{path}?mode=ro&uri=true"
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if read_only:
+        kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+    kwargs["pool_pre_ping"] = True
+    return create_engine(url, **kwargs)
+
+
+@contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn SQLAlchemy errors into StoreError, keeping the cause and masking secrets."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OperationalError as exc:
+        from arbiter.logs import mask_secrets_in_text
+
+        detail = mask_secrets_in_text(str(exc.orig).strip().splitlines()[0] if exc.orig else "")
+        raise StoreError(f"{action}: database unreachable or refused: {detail}") from exc
+    except SQLAlchemyError as exc:
+        from arbiter.logs import mask_secrets_in_text
+
+        raise StoreError(f"{action}: {mask_secrets_in_text(str(exc).splitlines()[0])}") from exc
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise StoreError(
+            f"migrations not found at {MIGRATIONS_DIR}; install arbiter from a source checkout "
+            "(pip install -e .) so that migrations/ sits next to the arbiter package"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a literal % in a password must be doubled.
+    config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    with translate_errors("upgrade"):
+        command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "-1") -> None:
+    from alembic import command
+
+    with translate_errors("downgrade"):
+        command.downgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "migrations/ has no revisions"
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_current(engine: Engine) -> None:
+    """Raise StoreError unless the database is at the newest migration."""
+    with translate_errors("checking schema revision"), engine.connect() as connection:
+        current = current_revision(connection)
+    head = head_revision()
+    if current != head:
+        raise StoreError(
+            f"database schema is at {current or 'nothing (empty database)'}, "
+            f"this arbiter needs {head}: run `arbiter db upgrade`"
+        )
+
+
+def ping(engine: Engine) -> None:
+    with translate_errors("ping"), engine.connect() as connection:
+        connection.execute(text("SELECT 1"))

@@ -1,0 +1,583 @@
+"""Repositories: the only code that reads and writes the store's tables.
+
+They take and return domain values (never ORM rows), manage their own transactions
+and raise StoreError (never SQLAlchemy errors). The same contract tests run them on
+SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+
+from arbiter.domain.decisions import Decision
+from arbiter.domain.market import Market, Offer, PriceQuote, Provider
+from arbiter.domain.migrations import Migration, MigrationEvent, MigrationState
+from arbiter.domain.regions import Region, RegionCatalog
+from arbiter.domain.workloads import Placement, Workload
+from arbiter.errors import LeaseHeld, StoreError
+from arbiter.store import schema as t
+from arbiter.store.db import translate_errors
+
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class RegionRepository:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def sync(self, catalog: RegionCatalog, *, now: datetime) -> int:
+        """Make the regions table equal to the catalog. Returns the number of regions."""
+        rows = [
+            {
+                "provider": r.provider.value,
+                "region": r.id,
+                "name": r.name,
+                "country": r.country,
+                "city": r.city,
+                "latitude": r.latitude,
+                "longitude": r.longitude,
+                "grid_zone": r.grid_zone,
+                "groups": ",".join(sorted(r.groups)),
+                "updated_at": now,
+            }
+            for r in catalog
+        ]
+        with translate_errors("syncing regions"), self._engine.begin() as conn:
+            conn.execute(delete(t.regions))
+            if rows:
+                conn.execute(insert(t.regions), rows)
+        return len(rows)
+
+    def all(self) -> list[Region]:
+        with translate_errors("reading regions"), self._engine.connect() as conn:
+            result = conn.execute(select(t.regions).order_by(t.regions.c.provider, t.regions.c.region))
+            return [
+                Region(
+                    provider=Provider(row.provider),
+                    id=row.region,
+                    name=row.name,
+                    country=row.country,
+                    city=row.city,
+                    latitude=row.latitude,
+                    longitude=row.longitude,
+                    grid_zone=row.grid_zone,
+                    groups=frozenset(g for g in row.groups.split(",") if g),
+                )
+                for row in result
+            ]
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """What a batch of quotes did to the price history."""
+
+    inserted: int = 0
+    """New change points (first sighting of an offer, or a changed price)."""
+    extended: int = 0
+    """Unchanged prices: only ``last_seen`` moved."""
+    ignored: int = 0
+    """Quotes older than what the store already has for that offer and source."""
+
+
+@dataclass(frozen=True)
+class LatestPrice:
+    offer: Offer
+    usd_per_hour: float
+    source: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class PriceRepository:
+    """Change-point encoded price history: one row per (offer, source) price level."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def _offer_ids(self, conn: Any, offers: dict[str, Offer]) -> dict[str, int]:
+        keys = list(offers)
+        ids: dict[str, int] = {}
+        for chunk in _chunks(keys):
+            for key, offer_id in conn.execute(
+                select(t.offers.c.key, t.offers.c.id).where(t.offers.c.key.in_(chunk))
+            ):
+                ids[key] = offer_id
+        missing = [
+            {
+                "key": key,
+                "provider": offers[key].provider.value,
+                "region": offers[key].region,
+                "zone": offers[key].zone,
+                "instance_type": offers[key].instance_type,
+                "market": offers[key].market.value,
+            }
+            for key in keys
+            if key not in ids
+        ]
+        if missing:
+            conn.execute(insert(t.offers), missing)
+            for chunk in _chunks([m["key"] for m in missing]):
+                for key, offer_id in conn.execute(
+                    select(t.offers.c.key, t.offers.c.id).where(t.offers.c.key.in_(chunk))
+                ):
+                    ids[key] = offer_id
+        return ids
+
+    def record(self, quotes: Iterable[PriceQuote]) -> IngestStats:
+        """Store quotes as change points, in one transaction.
+
+        Per (offer, source), in time order: the same price as the latest row moves its
+        ``last_seen``; a different price starts a new row; a quote older than the
+        latest row's ``last_seen`` is ignored (the store never rewrites history).
+        """
+        ordered = sorted(quotes, key=lambda q: q.observed_at)
+        if not ordered:
+            return IngestStats()
+        offers = {q.offer.key: q.offer for q in ordered}
+        with translate_errors("recording prices"), self._engine.begin() as conn:
+            ids = self._offer_ids(conn, offers)
+            latest: dict[tuple[int, str], dict[str, Any]] = {}
+            pairs = sorted({(ids[q.offer.key], q.source) for q in ordered})
+            ph = t.price_history
+            for chunk in _chunks(pairs):
+                newest = (
+                    select(ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs"))
+                    .where(tuple_(ph.c.offer_id, ph.c.source).in_(chunk))
+                    .group_by(ph.c.offer_id, ph.c.source)
+                    .subquery()
+                )
+                rows = conn.execute(
+                    select(ph.c.id, ph.c.offer_id, ph.c.source, ph.c.usd_per_hour, ph.c.last_seen)
+                    .join(
+                        newest,
+                        and_(
+                            ph.c.offer_id == newest.c.offer_id,
+                            ph.c.source == newest.c.source,
+                            ph.c.first_seen == newest.c.fs,
+                        ),
+                    )
+                )
+                for row in rows:
+                    latest[(row.offer_id, row.source)] = {
+                        "id": row.id,
+                        "usd_per_hour": row.usd_per_hour,
+                        "last_seen": row.last_seen,
+                        "new": False,
+                    }
+            new_rows: list[dict[str, Any]] = []
+            moved: dict[int, datetime] = {}
+            inserted = extended = ignored = 0
+            for q in ordered:
+                pair = (ids[q.offer.key], q.source)
+                current = latest.get(pair)
+                if current is not None and q.observed_at < current["last_seen"]:
+                    ignored += 1
+                elif current is not None and current["usd_per_hour"] == q.usd_per_hour:
+                    current["last_seen"] = q.observed_at
+                    if current["new"]:
+                        current["row"]["last_seen"] = q.observed_at
+                    else:
+                        moved[current["id"]] = q.observed_at
+                    extended += 1
+                else:
+                    row = {
+                        "offer_id": pair[0],
+                        "source": q.source,
+                        "usd_per_hour": q.usd_per_hour,
+                        "first_seen": q.observed_at,
+                        "last_seen": q.observed_at,
+                    }
+                    new_rows.append(row)
+                    latest[pair] = {
+                        "usd_per_hour": q.usd_per_hour,
+                        "last_seen": q.observed_at,
+                        "new": True,
+                        "row": row,
+                    }
+                    inserted += 1
+            if moved:
+                conn.execute(
+                    update(ph).where(ph.c.id == _bind("row_id")).values(last_seen=_bind("seen")),
+                    [{"row_id": k, "seen": v} for k, v in moved.items()],
+                )
+            if new_rows:
+                conn.execute(insert(ph), new_rows)
+        return IngestStats(inserted=inserted, extended=extended, ignored=ignored)
+
+    def latest(self, *, provider: str | None = None) -> list[LatestPrice]:
+        """The newest price level of every offer and source."""
+        ph, of = t.price_history, t.offers
+        newest = (
+            select(ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs"))
+            .group_by(ph.c.offer_id, ph.c.source)
+            .subquery()
+        )
+        query = (
+            select(of, ph.c.source, ph.c.usd_per_hour, ph.c.first_seen, ph.c.last_seen)
+            .join(ph, ph.c.offer_id == of.c.id)
+            .join(
+                newest,
+                and_(
+                    ph.c.offer_id == newest.c.offer_id,
+                    ph.c.source == newest.c.source,
+                    ph.c.first_seen == newest.c.fs,
+                ),
+            )
+            .order_by(of.c.key, ph.c.source)
+        )
+        if provider:
+            query = query.where(of.c.provider == provider)
+        with translate_errors("reading prices"), self._engine.connect() as conn:
+            return [
+                LatestPrice(
+                    offer=Offer(
+                        provider=Provider(row.provider),
+                        region=row.region,
+                        zone=row.zone,
+                        instance_type=row.instance_type,
+                        market=Market(row.market),
+                    ),
+                    usd_per_hour=row.usd_per_hour,
+                    source=row.source,
+                    first_seen=row.first_seen,
+                    last_seen=row.last_seen,
+                )
+                for row in conn.execute(query)
+            ]
+
+    def history(self, offer: Offer) -> list[tuple[float, datetime, datetime]]:
+        """Every price level of an offer: (usd_per_hour, first_seen, last_seen), oldest first."""
+        ph, of = t.price_history, t.offers
+        with translate_errors("reading price history"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(ph.c.usd_per_hour, ph.c.first_seen, ph.c.last_seen)
+                .join(of, of.c.id == ph.c.offer_id)
+                .where(of.c.key == offer.key)
+                .order_by(ph.c.first_seen)
+            )
+            return [(r.usd_per_hour, r.first_seen, r.last_seen) for r in rows]
+
+
+def _bind(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+@dataclass(frozen=True)
+class Lease:
+    name: str
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class LeaseRepository:
+    """Named, expiring leases: at most one live holder per name.
+
+    A holder renews its lease before it expires; a lease whose ``expires_at`` has
+    passed may be taken by anyone. Anything that changes the world holds one.
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def acquire(
+        self,
+        name: str,
+        holder: str,
+        *,
+        now: datetime,
+        ttl: timedelta,
+        steal_from: str | None = None,
+    ) -> Lease:
+        """Take or renew the lease; raises LeaseHeld if someone else holds it live.
+
+        ``steal_from`` names a holder known to be dead (its process is gone) whose
+        lease may be taken before it expires.
+        """
+        lt = t.leases
+        expires = now + ttl
+        try:
+            with translate_errors("acquiring lease"), self._engine.begin() as conn:
+                row = conn.execute(
+                    select(lt).where(lt.c.name == name).with_for_update()
+                ).first()
+                if row is None:
+                    conn.execute(
+                        insert(lt).values(
+                            name=name,
+                            holder=holder,
+                            acquired_at=now,
+                            renewed_at=now,
+                            expires_at=expires,
+                        )
+                    )
+                    return Lease(name, holder, now, expires)
+                live = row.expires_at > now and row.holder != steal_from
+                if row.holder != holder and live:
+                    raise LeaseHeld(name, row.holder)
+                acquired = row.acquired_at if row.holder == holder else now
+                # Conditional update: loses cleanly if another holder got there first.
+                done = conn.execute(
+                    update(lt)
+                    .where(lt.c.name == name, lt.c.holder == row.holder)
+                    .where(lt.c.expires_at == row.expires_at)
+                    .values(holder=holder, acquired_at=acquired, renewed_at=now, expires_at=expires)
+                ).rowcount
+                if done != 1:
+                    raise LeaseHeld(name, "another daemon (lost the race)")
+                return Lease(name, holder, acquired, expires)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise LeaseHeld(name, "another daemon (lost the race)") from exc
+            raise
+
+    def release(self, name: str, holder: str) -> bool:
+        """Give the lease up if we hold it. Returns whether we did."""
+        with translate_errors("releasing lease"), self._engine.begin() as conn:
+            done = conn.execute(
+                delete(t.leases).where(t.leases.c.name == name, t.leases.c.holder == holder)
+            ).rowcount
+        return done == 1
+
+    def get(self, name: str) -> Lease | None:
+        with translate_errors("reading lease"), self._engine.connect() as conn:
+            row = conn.execute(select(t.leases).where(t.leases.c.name == name)).first()
+        if row is None:
+            return None
+        return Lease(row.name, row.holder, row.acquired_at, row.expires_at)
+
+
+class WorkloadRepository:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def upsert(self, workload: Workload, *, now: datetime, source_file: str | None = None) -> None:
+        values = {
+            "data_class": workload.data_class,
+            "spec": workload.model_dump(mode="json"),
+            "source_file": source_file,
+            "updated_at": now,
+        }
+        with translate_errors("saving workload"), self._engine.begin() as conn:
+            done = conn.execute(
+                update(t.workloads).where(t.workloads.c.name == workload.name).values(**values)
+            ).rowcount
+            if not done:
+                conn.execute(insert(t.workloads).values(name=workload.name, **values))
+
+    def all(self) -> list[Workload]:
+        with translate_errors("reading workloads"), self._engine.connect() as conn:
+            rows = conn.execute(select(t.workloads.c.spec).order_by(t.workloads.c.name))
+            return [Workload.model_validate(row.spec) for row in rows]
+
+    def set_placements(
+        self, workload: str, placements: Sequence[Placement], *, now: datetime
+    ) -> None:
+        """Replace the recorded placements of a workload (what runs now)."""
+        with translate_errors("saving placements"), self._engine.begin() as conn:
+            conn.execute(delete(t.placements).where(t.placements.c.workload == workload))
+            if placements:
+                conn.execute(
+                    insert(t.placements),
+                    [
+                        {
+                            "workload": workload,
+                            "offer_key": p.offer.key,
+                            "replicas": p.replicas,
+                            "since": now,
+                        }
+                        for p in placements
+                    ],
+                )
+
+    def placements(self, workload: str) -> list[tuple[str, int]]:
+        """(offer key, replicas) of what runs now."""
+        with translate_errors("reading placements"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(t.placements.c.offer_key, t.placements.c.replicas)
+                .where(t.placements.c.workload == workload)
+                .order_by(t.placements.c.offer_key)
+            )
+            return [(r.offer_key, r.replicas) for r in rows]
+
+
+def _placements_json(placements: Sequence[Placement]) -> list[dict[str, Any]]:
+    return [p.model_dump(mode="json") for p in placements]
+
+
+class MigrationRepository:
+    """Migrations and their events. A state change and its event commit together."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def create(self, migration: Migration, *, actor: str = "") -> None:
+        with translate_errors("creating migration"), self._engine.begin() as conn:
+            conn.execute(
+                insert(t.migrations).values(
+                    id=migration.id,
+                    workload=migration.workload,
+                    state=migration.state.value,
+                    reason=migration.reason,
+                    urgent=migration.urgent,
+                    source_placements=_placements_json(migration.source),
+                    target_placements=_placements_json(migration.target),
+                    created_at=migration.created_at,
+                    updated_at=migration.updated_at,
+                )
+            )
+            conn.execute(
+                insert(t.migration_events).values(
+                    migration_id=migration.id,
+                    at=migration.created_at,
+                    from_state=None,
+                    to_state=migration.state.value,
+                    reason=migration.reason,
+                    actor=actor,
+                )
+            )
+
+    def advance(
+        self,
+        migration: Migration,
+        to: MigrationState,
+        *,
+        at: datetime,
+        reason: str,
+        actor: str = "",
+    ) -> Migration:
+        """Move a migration to ``to`` and record the event, atomically.
+
+        Raises StoreError if the stored state is no longer ``migration.state`` (someone
+        else moved it), so two actors can never both take the same step.
+        """
+        moved, event = migration.advance(to, at=at, reason=reason)
+        with translate_errors("advancing migration"), self._engine.begin() as conn:
+            done = conn.execute(
+                update(t.migrations)
+                .where(t.migrations.c.id == migration.id)
+                .where(t.migrations.c.state == migration.state.value)
+                .values(state=to.value, updated_at=moved.updated_at)
+            ).rowcount
+            if done != 1:
+                raise StoreError(
+                    f"migration {migration.id} is no longer {migration.state}; "
+                    "another actor moved it"
+                )
+            conn.execute(
+                insert(t.migration_events).values(
+                    migration_id=event.migration_id,
+                    at=event.at,
+                    from_state=event.from_state.value if event.from_state else None,
+                    to_state=event.to_state.value,
+                    reason=event.reason,
+                    actor=actor,
+                )
+            )
+        return moved
+
+    def _from_row(self, row: Any) -> Migration:
+        return Migration(
+            id=row.id,
+            workload=row.workload,
+            source=tuple(Placement.model_validate(p) for p in row.source_placements),
+            target=tuple(Placement.model_validate(p) for p in row.target_placements),
+            state=MigrationState(row.state),
+            reason=row.reason,
+            urgent=row.urgent,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def get(self, migration_id: str) -> Migration | None:
+        with translate_errors("reading migration"), self._engine.connect() as conn:
+            row = conn.execute(
+                select(t.migrations).where(t.migrations.c.id == migration_id)
+            ).first()
+        return None if row is None else self._from_row(row)
+
+    def unfinished(self) -> list[Migration]:
+        """Every migration not yet done, rolled back or failed, oldest first."""
+        finished = [s.value for s in MigrationState if s.finished]
+        with translate_errors("reading migrations"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(t.migrations)
+                .where(t.migrations.c.state.not_in(finished))
+                .order_by(t.migrations.c.created_at, t.migrations.c.id)
+            )
+            return [self._from_row(row) for row in rows]
+
+    def events(self, migration_id: str) -> list[MigrationEvent]:
+        me = t.migration_events
+        with translate_errors("reading migration events"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(me).where(me.c.migration_id == migration_id).order_by(me.c.at, me.c.id)
+            )
+            return [
+                MigrationEvent(
+                    migration_id=row.migration_id,
+                    at=row.at,
+                    from_state=MigrationState(row.from_state) if row.from_state else None,
+                    to_state=MigrationState(row.to_state),
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
+
+
+class DecisionRepository:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def record(self, decision: Decision) -> None:
+        with translate_errors("recording decision"), self._engine.begin() as conn:
+            conn.execute(
+                insert(t.decisions).values(
+                    id=decision.id,
+                    workload=decision.workload,
+                    decided_at=decision.decided_at,
+                    snapshot_id=decision.snapshot_id,
+                    policy_revision=decision.policy_revision,
+                    placed=decision.placed,
+                    usd_per_hour=decision.usd_per_hour,
+                    carbon_g_per_hour=decision.carbon_g_per_hour,
+                    explanation=decision.model_dump(mode="json"),
+                )
+            )
+
+    def latest(self, workload: str) -> Decision | None:
+        d = t.decisions
+        with translate_errors("reading decisions"), self._engine.connect() as conn:
+            row = conn.execute(
+                select(d.c.explanation)
+                .where(d.c.workload == workload)
+                .order_by(d.c.decided_at.desc(), d.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else Decision.model_validate(row.explanation)
+
+
+class Store:
+    """Every repository over one engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.regions = RegionRepository(engine)
+        self.prices = PriceRepository(engine)
+        self.leases = LeaseRepository(engine)
+        self.workloads = WorkloadRepository(engine)
+        self.migrations = MigrationRepository(engine)
+        self.decisions = DecisionRepository(engine)
