@@ -72,9 +72,8 @@ def make_engine(url: str, *, echo: bool = False, read_only: bool = False) -> Eng
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database).expanduser()
+        path = _sqlite_file(url)
+        if path is not None:
             if read_only:
                 if not path.exists():
                     raise StoreError(f"database file {path} does not exist; run `arbiter db upgrade`")
@@ -108,8 +107,22 @@ def translate_errors(action: str) -> Iterator[None]:
         raise StoreError(f"{action}: {mask_secrets_in_text(str(exc).splitlines()[0])}") from exc
 
 
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(normalise_url(url))
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
+
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
 
     if not (MIGRATIONS_DIR / "env.py").is_file():
         raise StoreError(

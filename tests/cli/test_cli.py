@@ -1,0 +1,215 @@
+"""The arbiter command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from arbiter.cli.main import cli
+from arbiter.store.db import make_engine
+from arbiter.store.repositories import Store
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A user with no config and an empty data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARBITER_")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["HOME"] = str(tmp_path)
+    return env
+
+
+def arbiter(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "arbiter", *args],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def test_help_lists_the_commands(user_env: dict[str, str]) -> None:
+    result = arbiter("--help", env=user_env)
+    assert result.returncode == 0
+    for command in ("run", "db", "regions", "config"):
+        assert f"  {command} " in result.stdout
+
+
+def test_db_upgrade_creates_the_embedded_default_and_prints_its_path(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = arbiter("db", "upgrade", env=user_env)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "data" / "arbiter" / "arbiter.db"
+    assert f"database: sqlite:///{path}" in result.stderr
+    assert path.exists()
+    current = arbiter("db", "current", env=user_env)
+    assert "up to date" in current.stdout
+
+
+def test_db_downgrade_to_base_and_back(user_env: dict[str, str]) -> None:
+    assert arbiter("db", "upgrade", env=user_env).returncode == 0
+    down = arbiter("db", "downgrade", "base", env=user_env)
+    assert down.returncode == 0 and "base (empty)" in down.stdout
+    assert "needs `arbiter db upgrade`" in arbiter("db", "current", env=user_env).stdout
+
+
+def test_the_database_url_flag_beats_the_environment(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    flag_db, env_db = tmp_path / "flag.db", tmp_path / "env.db"
+    env = {**user_env, "ARBITER_DATABASE_URL": f"sqlite:///{env_db}"}
+    result = arbiter("--database-url", f"sqlite:///{flag_db}", "db", "upgrade", env=env)
+    assert result.returncode == 0, result.stderr
+    assert flag_db.exists() and not env_db.exists()
+    assert arbiter("db", "upgrade", env=env).returncode == 0
+    assert env_db.exists()
+
+
+@pytest.mark.postgres
+def test_db_upgrade_on_postgresql_masks_the_password(
+    user_env: dict[str, str], postgres_server: object
+) -> None:
+    url = postgres_server.new_database()  # type: ignore[attr-defined]
+    with_password = url.replace("arbiter@", "arbiter:s3cret@")  # trust auth ignores it
+    result = arbiter("--database-url", with_password, "db", "upgrade", env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "arbiter:***@" in result.stderr
+
+
+def test_an_unreachable_database_is_one_clear_line(user_env: dict[str, str]) -> None:
+    result = arbiter(
+        "--database-url", "postgresql://arbiter:pw@127.0.0.1:1/x", "db", "current", env=user_env
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("database: postgresql://arbiter:***@127.0.0.1:1/x")
+    assert "arbiter: error: reading schema revision: database unreachable" in result.stderr
+    assert "Traceback" not in result.stderr and ":pw@" not in result.stderr
+
+
+def test_a_bad_config_file_is_one_clear_line(user_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[daemon]\nmode = 'yolo'\n")
+    result = arbiter("--config", str(config), "run", env=user_env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"arbiter: error: {config}: daemon.mode: Input should be")
+    assert "Traceback" not in result.stderr
+
+
+def test_regions_json_lists_the_catalog() -> None:
+    result = CliRunner().invoke(cli, ["regions", "--provider", "azure", "--output", "json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert {r["provider"] for r in rows} == {"azure"}
+    (sweden,) = [r for r in rows if r["region"] == "swedencentral"]
+    assert sweden["country"] == "SE" and "EU" in sweden["groups"]
+    assert set(sweden) == {
+        "provider", "region", "key", "name", "country", "groups", "city", "latitude",
+        "longitude", "grid_zone",
+    }
+
+
+def test_regions_table_matches_the_golden_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    result = CliRunner().invoke(cli, ["regions", "--provider", "gcp", "--jurisdiction", "EEA"])
+    assert result.exit_code == 0
+    expected = (GOLDEN / "regions_gcp_eea.txt").read_text()
+    assert result.stdout == expected
+
+
+def _wait_for(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def _start_daemon(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "arbiter", "run"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _leader(db: Path) -> str | None:
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        lease = Store(engine).leases.get("leader")
+        return lease.holder if lease else None
+    except Exception:  # noqa: BLE001 — the schema may not exist yet
+        return None
+    finally:
+        engine.dispose()
+
+
+def test_run_on_the_embedded_default_exits_cleanly_on_sigterm(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "data" / "arbiter" / "arbiter.db"
+    daemon = _start_daemon(user_env)
+    try:
+        _wait_for(lambda: _leader(db) is not None)
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=30)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0, err
+    assert f"arbiter: database sqlite:///{db}" in err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events[-1] == "stopped"
+    assert "regions synced" in events and "leading" in events
+    assert _leader(db) is None, "the lease is released on a clean stop"
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "data" / "arbiter" / "arbiter.db"
+    first = _start_daemon(user_env)
+    try:
+        _wait_for(lambda: _leader(db) is not None)
+        second = arbiter("run", env=user_env)
+        assert second.returncode == 1
+        assert "another arbiter daemon" in second.stderr
+        assert "use PostgreSQL" in second.stderr
+        assert first.poll() is None, "the first daemon keeps running"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+
+
+def test_a_restart_after_kill_9_takes_over_the_dead_daemons_lease(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "data" / "arbiter" / "arbiter.db"
+    first = _start_daemon(user_env)
+    _wait_for(lambda: _leader(db) is not None)
+    first.kill()
+    first.communicate(timeout=30)
+    second = _start_daemon(user_env)
+    try:
+        _wait_for(lambda: _leader(db) not in (None, _leader_name(first.pid)))
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert "taking over lease of a dead daemon" in err
+
+
+def _leader_name(pid: int) -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{pid}"

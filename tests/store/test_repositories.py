@@ -1,0 +1,251 @@
+"""One contract for the store's repositories, run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from arbiter.catalog import load_catalog
+from arbiter.domain.decisions import Decision
+from arbiter.domain.market import Market, Offer, PriceQuote, Provider
+from arbiter.domain.migrations import Migration, MigrationState
+from arbiter.domain.workloads import GpuOption, Placement, Workload
+from arbiter.errors import LeaseHeld, StoreError
+from arbiter.store.repositories import Store
+
+T0 = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+H100_SPOT = Offer(
+    provider=Provider.AWS,
+    region="us-east-1",
+    zone="use1-az4",
+    instance_type="p5.48xlarge",
+    market=Market.SPOT,
+)
+A100_OD = Offer(
+    provider=Provider.GCP, region="europe-west4", instance_type="a2-highgpu-1g",
+    market=Market.ON_DEMAND,
+)
+
+
+def quote(offer: Offer, price: float, minutes: int, source: str = "test") -> PriceQuote:
+    return PriceQuote(
+        offer=offer, usd_per_hour=price, observed_at=T0 + timedelta(minutes=minutes), source=source
+    )
+
+
+# -- regions -------------------------------------------------------------------
+
+
+def test_region_sync_stores_the_whole_catalog(store: Store) -> None:
+    catalog = load_catalog()
+    assert store.regions.sync(catalog, now=T0) == len(catalog)
+    stored = {r.key: r for r in store.regions.all()}
+    assert set(stored) == {r.key for r in catalog}
+    frankfurt = stored["aws:eu-central-1"]
+    assert frankfurt.country == "DE"
+    assert {"EU", "EEA"} <= frankfurt.groups
+
+
+def test_region_sync_twice_leaves_one_copy(store: Store) -> None:
+    catalog = load_catalog()
+    store.regions.sync(catalog, now=T0)
+    store.regions.sync(catalog, now=T0 + timedelta(hours=1))
+    assert len(store.regions.all()) == len(catalog)
+
+
+# -- prices --------------------------------------------------------------------
+
+
+def test_unchanged_price_only_moves_last_seen(store: Store) -> None:
+    store.prices.record([quote(H100_SPOT, 30.0, 0)])
+    stats = store.prices.record([quote(H100_SPOT, 30.0, 5), quote(H100_SPOT, 30.0, 10)])
+    assert (stats.inserted, stats.extended) == (0, 2)
+    assert store.prices.history(H100_SPOT) == [(30.0, T0, T0 + timedelta(minutes=10))]
+
+
+def test_changed_price_starts_a_new_change_point(store: Store) -> None:
+    stats = store.prices.record(
+        [quote(H100_SPOT, 30.0, 0), quote(H100_SPOT, 30.0, 5), quote(H100_SPOT, 28.5, 10)]
+    )
+    assert (stats.inserted, stats.extended) == (2, 1)
+    assert store.prices.history(H100_SPOT) == [
+        (30.0, T0, T0 + timedelta(minutes=5)),
+        (28.5, T0 + timedelta(minutes=10), T0 + timedelta(minutes=10)),
+    ]
+
+
+def test_a_price_returning_to_an_old_value_is_a_new_change_point(store: Store) -> None:
+    store.prices.record([quote(H100_SPOT, 30.0, 0), quote(H100_SPOT, 28.0, 5)])
+    store.prices.record([quote(H100_SPOT, 30.0, 10)])
+    assert [p for p, _, _ in store.prices.history(H100_SPOT)] == [30.0, 28.0, 30.0]
+
+
+def test_quotes_older_than_the_store_are_ignored(store: Store) -> None:
+    store.prices.record([quote(H100_SPOT, 30.0, 10)])
+    stats = store.prices.record([quote(H100_SPOT, 99.0, 0)])
+    assert stats.ignored == 1
+    later = T0 + timedelta(minutes=10)
+    assert store.prices.history(H100_SPOT) == [(30.0, later, later)]
+
+
+def test_latest_gives_the_newest_level_per_offer_and_source(store: Store) -> None:
+    store.prices.record(
+        [quote(H100_SPOT, 30.0, 0), quote(H100_SPOT, 28.0, 5), quote(A100_OD, 3.67, 0)]
+    )
+    store.prices.record([quote(H100_SPOT, 31.0, 0, source="other")])
+    latest = {(p.offer.key, p.source): p.usd_per_hour for p in store.prices.latest()}
+    assert latest == {
+        (H100_SPOT.key, "test"): 28.0,
+        (H100_SPOT.key, "other"): 31.0,
+        (A100_OD.key, "test"): 3.67,
+    }
+    gcp_only = store.prices.latest(provider="gcp")
+    assert [p.offer for p in gcp_only] == [A100_OD]
+
+
+def test_latest_returns_utc_aware_times(store: Store) -> None:
+    store.prices.record([quote(A100_OD, 3.67, 0)])
+    (latest,) = store.prices.latest()
+    assert latest.last_seen == T0
+    assert latest.last_seen.tzinfo is not None
+
+
+# -- leases --------------------------------------------------------------------
+
+
+def test_a_live_lease_cannot_be_taken_by_another_holder(store: Store) -> None:
+    store.leases.acquire("leader", "a", now=T0, ttl=timedelta(seconds=30))
+    with pytest.raises(LeaseHeld) as held:
+        store.leases.acquire("leader", "b", now=T0 + timedelta(seconds=10), ttl=timedelta(seconds=30))
+    assert held.value.holder == "a"
+
+
+def test_the_holder_renews_its_lease(store: Store) -> None:
+    store.leases.acquire("leader", "a", now=T0, ttl=timedelta(seconds=30))
+    lease = store.leases.acquire(
+        "leader", "a", now=T0 + timedelta(seconds=20), ttl=timedelta(seconds=30)
+    )
+    assert lease.acquired_at == T0
+    assert lease.expires_at == T0 + timedelta(seconds=50)
+
+
+def test_an_expired_lease_can_be_taken(store: Store) -> None:
+    store.leases.acquire("leader", "a", now=T0, ttl=timedelta(seconds=30))
+    lease = store.leases.acquire(
+        "leader", "b", now=T0 + timedelta(seconds=31), ttl=timedelta(seconds=30)
+    )
+    assert lease.holder == "b"
+    stored = store.leases.get("leader")
+    assert stored is not None and stored.holder == "b"
+
+
+def test_a_dead_holders_lease_can_be_stolen_by_name(store: Store) -> None:
+    store.leases.acquire("leader", "a", now=T0, ttl=timedelta(seconds=30))
+    lease = store.leases.acquire(
+        "leader", "b", now=T0 + timedelta(seconds=1), ttl=timedelta(seconds=30), steal_from="a"
+    )
+    assert lease.holder == "b"
+
+
+def test_only_the_holder_releases(store: Store) -> None:
+    store.leases.acquire("leader", "a", now=T0, ttl=timedelta(seconds=30))
+    assert store.leases.release("leader", "b") is False
+    assert store.leases.release("leader", "a") is True
+    assert store.leases.get("leader") is None
+
+
+# -- workloads, migrations, decisions ------------------------------------------
+
+
+def chat() -> Workload:
+    return Workload(
+        name="chat-api",
+        data_class="personal-eu",
+        gpu_options=(GpuOption(model="H100", tokens_per_second=2400),),
+        replicas=2,
+        labels={"tier": "prod"},
+    )
+
+
+def test_workloads_round_trip_and_upsert(store: Store) -> None:
+    store.workloads.upsert(chat(), now=T0, source_file="workloads/chat.yaml")
+    changed = chat().model_copy(update={"replicas": 3})
+    store.workloads.upsert(changed, now=T0 + timedelta(minutes=1))
+    assert store.workloads.all() == [changed]
+
+
+def test_placements_are_replaced_whole(store: Store) -> None:
+    store.workloads.upsert(chat(), now=T0)
+    store.workloads.set_placements(
+        "chat-api", [Placement(workload="chat-api", offer=H100_SPOT, replicas=2)], now=T0
+    )
+    store.workloads.set_placements(
+        "chat-api", [Placement(workload="chat-api", offer=A100_OD, replicas=1)], now=T0
+    )
+    assert store.workloads.placements("chat-api") == [(A100_OD.key, 1)]
+
+
+def migration() -> Migration:
+    return Migration(
+        id="m-1",
+        workload="chat-api",
+        source=(Placement(workload="chat-api", offer=H100_SPOT, replicas=2),),
+        target=(Placement(workload="chat-api", offer=A100_OD, replicas=2),),
+        reason="saves $41.20/h",
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def test_a_migration_and_its_events_are_kept_in_order(store: Store) -> None:
+    m = migration()
+    store.migrations.create(m, actor="d1")
+    m = store.migrations.advance(
+        m, MigrationState.PROVISIONING, at=T0 + timedelta(seconds=1), reason="start", actor="d1"
+    )
+    m = store.migrations.advance(
+        m, MigrationState.WARMING, at=T0 + timedelta(seconds=2), reason="capacity granted"
+    )
+    assert store.migrations.get("m-1") == m
+    events = store.migrations.events("m-1")
+    assert [(e.from_state, e.to_state) for e in events] == [
+        (None, MigrationState.PLANNED),
+        (MigrationState.PLANNED, MigrationState.PROVISIONING),
+        (MigrationState.PROVISIONING, MigrationState.WARMING),
+    ]
+    assert [e.reason for e in events] == ["saves $41.20/h", "start", "capacity granted"]
+
+
+def test_a_stale_actor_cannot_advance_a_migration_twice(store: Store) -> None:
+    m = migration()
+    store.migrations.create(m)
+    store.migrations.advance(m, MigrationState.PROVISIONING, at=T0, reason="first actor")
+    with pytest.raises(StoreError, match="another actor"):
+        store.migrations.advance(m, MigrationState.PROVISIONING, at=T0, reason="second actor")
+    assert len(store.migrations.events("m-1")) == 2
+
+
+def test_unfinished_lists_only_migrations_in_flight(store: Store) -> None:
+    m = migration()
+    store.migrations.create(m)
+    other = migration().model_copy(update={"id": "m-2"})
+    store.migrations.create(other)
+    store.migrations.advance(other, MigrationState.ROLLED_BACK, at=T0, reason="cancelled")
+    assert [x.id for x in store.migrations.unfinished()] == ["m-1"]
+
+
+def test_decisions_round_trip_with_their_explanation(store: Store) -> None:
+    decision = Decision(
+        id="d-1",
+        workload="chat-api",
+        decided_at=T0,
+        snapshot_id="snap-1",
+        placements=(Placement(workload="chat-api", offer=A100_OD, replicas=2),),
+        usd_per_hour=7.34,
+    )
+    store.decisions.record(decision)
+    later = decision.model_copy(update={"id": "d-2", "decided_at": T0 + timedelta(hours=1)})
+    store.decisions.record(later)
+    assert store.decisions.latest("chat-api") == later
+    assert store.decisions.latest("nothing") is None
