@@ -67,8 +67,12 @@ def _parse_toml(text: str, *, source: str) -> dict[str, Any]:
 
 
 def load_jurisdictions(extra_files: Iterable[Path] = ()) -> Jurisdictions:
-    docs = [(SHIPPED_JURISDICTIONS, _parse_toml(_shipped_text("jurisdictions.toml"),
-                                                 source=SHIPPED_JURISDICTIONS))]
+    docs = [
+        (
+            SHIPPED_JURISDICTIONS,
+            _parse_toml(_shipped_text("jurisdictions.toml"), source=SHIPPED_JURISDICTIONS),
+        )
+    ]
     for path in extra_files:
         try:
             text = Path(path).read_text(encoding="utf-8")

@@ -120,7 +120,9 @@ def default_config_paths() -> tuple[Path, ...]:
     return (Path(user_config_dir("arbiter")) / "config.toml", Path("/etc/arbiter/config.toml"))
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> Path | None:
     if explicit:
         return Path(explicit)
     if env.get("ARBITER_CONFIG"):
@@ -140,7 +142,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
         elif "__" in name:
-            path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+            path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
         else:
             known = ", ".join(sorted([*ENV_ALIASES, "ARBITER_<SECTION>__<KEY>"]))
             raise ConfigError(f"unknown variable; known: {known}", source=f"environment {name}")
@@ -175,7 +177,9 @@ def load_config(
         except FileNotFoundError:
             raise ConfigError("config file not found", source=str(file)) from None
         except OSError as exc:
-            raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(file)) from None
+            raise ConfigError(
+                f"cannot read config file: {exc.strerror}", source=str(file)
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", source=str(file)) from None
     file_label = str(file) if file else "defaults"

@@ -33,7 +33,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer()
     try:
         server.start()
-    except (PostgresUnavailable, OSError, Exception) as exc:  # noqa: BLE001
+    except (PostgresUnavailable, OSError, Exception) as exc:
         _pg_state["error"] = str(exc)
         server.stop()
         if IN_CI:

@@ -9,9 +9,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IO_MODULES = {
-    "sqlalchemy", "alembic", "httpx", "boto3", "botocore", "google", "azure", "apscheduler",
-    "kubernetes", "psycopg", "requests", "socket", "subprocess", "urllib", "structlog",
-    "arbiter.store", "arbiter.cli", "arbiter.daemon", "providers",
+    "sqlalchemy",
+    "alembic",
+    "httpx",
+    "boto3",
+    "botocore",
+    "google",
+    "azure",
+    "apscheduler",
+    "kubernetes",
+    "psycopg",
+    "requests",
+    "socket",
+    "subprocess",
+    "urllib",
+    "structlog",
+    "arbiter.store",
+    "arbiter.cli",
+    "arbiter.daemon",
+    "providers",
 }
 
 

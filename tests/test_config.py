@@ -102,7 +102,11 @@ def test_an_invalid_database_url_is_not_echoed(tmp_path: Path) -> None:
 
 
 def test_the_database_url_is_a_secret(tmp_path: Path) -> None:
-    loaded = load_config(env={"ARBITER_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1/db",
-                              "XDG_CONFIG_HOME": str(tmp_path)})
+    loaded = load_config(
+        env={
+            "ARBITER_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1/db",
+            "XDG_CONFIG_HOME": str(tmp_path),
+        }
+    )
     assert "hunter2" not in repr(loaded.settings)
     assert "hunter2" not in str(loaded.settings.model_dump())

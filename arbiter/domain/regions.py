@@ -180,9 +180,7 @@ def parse_jurisdictions(
 
 def _check_group_name(name: str, known_countries: frozenset[str]) -> None:
     if not re.fullmatch(r"[A-Z][A-Z0-9_-]{1,31}", name):
-        raise ValueError(
-            f"group name {name!r} must be 2-32 upper-case letters, digits, '_' or '-'"
-        )
+        raise ValueError(f"group name {name!r} must be 2-32 upper-case letters, digits, '_' or '-'")
     if name in known_countries:
         raise ValueError(f"group name {name!r} is an ISO 3166-1 country code; pick another")
 

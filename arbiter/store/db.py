@@ -76,7 +76,9 @@ def make_engine(url: str, *, echo: bool = False, read_only: bool = False) -> Eng
         if path is not None:
             if read_only:
                 if not path.exists():
-                    raise StoreError(f"database file {path} does not exist; run `arbiter db upgrade`")
+                    raise StoreError(
+                        f"database file {path} does not exist; run `arbiter db upgrade`"
+                    )
                 url = f"sqlite:///file:{path}?mode=ro&uri=true"
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)

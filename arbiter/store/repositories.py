@@ -61,7 +61,9 @@ class RegionRepository:
 
     def all(self) -> list[Region]:
         with translate_errors("reading regions"), self._engine.connect() as conn:
-            result = conn.execute(select(t.regions).order_by(t.regions.c.provider, t.regions.c.region))
+            result = conn.execute(
+                select(t.regions).order_by(t.regions.c.provider, t.regions.c.region)
+            )
             return [
                 Region(
                     provider=Provider(row.provider),
@@ -158,8 +160,9 @@ class PriceRepository:
                     .subquery()
                 )
                 rows = conn.execute(
-                    select(ph.c.id, ph.c.offer_id, ph.c.source, ph.c.usd_per_hour, ph.c.last_seen)
-                    .join(
+                    select(
+                        ph.c.id, ph.c.offer_id, ph.c.source, ph.c.usd_per_hour, ph.c.last_seen
+                    ).join(
                         newest,
                         and_(
                             ph.c.offer_id == newest.c.offer_id,
@@ -191,19 +194,19 @@ class PriceRepository:
                         moved[current["id"]] = q.observed_at
                     extended += 1
                 else:
-                    row = {
+                    new_row = {
                         "offer_id": pair[0],
                         "source": q.source,
                         "usd_per_hour": q.usd_per_hour,
                         "first_seen": q.observed_at,
                         "last_seen": q.observed_at,
                     }
-                    new_rows.append(row)
+                    new_rows.append(new_row)
                     latest[pair] = {
                         "usd_per_hour": q.usd_per_hour,
                         "last_seen": q.observed_at,
                         "new": True,
-                        "row": row,
+                        "row": new_row,
                     }
                     inserted += 1
             if moved:
@@ -311,9 +314,7 @@ class LeaseRepository:
         expires = now + ttl
         try:
             with translate_errors("acquiring lease"), self._engine.begin() as conn:
-                row = conn.execute(
-                    select(lt).where(lt.c.name == name).with_for_update()
-                ).first()
+                row = conn.execute(select(lt).where(lt.c.name == name).with_for_update()).first()
                 if row is None:
                     conn.execute(
                         insert(lt).values(

@@ -33,7 +33,11 @@ def user_env(tmp_path: Path) -> dict[str, str]:
 def arbiter(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "arbiter", *args],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -114,8 +118,16 @@ def test_regions_json_lists_the_catalog() -> None:
     (sweden,) = [r for r in rows if r["region"] == "swedencentral"]
     assert sweden["country"] == "SE" and "EU" in sweden["groups"]
     assert set(sweden) == {
-        "provider", "region", "key", "name", "country", "groups", "city", "latitude",
-        "longitude", "grid_zone",
+        "provider",
+        "region",
+        "key",
+        "name",
+        "country",
+        "groups",
+        "city",
+        "latitude",
+        "longitude",
+        "grid_zone",
     }
 
 
@@ -139,7 +151,10 @@ def _wait_for(predicate: object, timeout: float = 30.0) -> None:
 def _start_daemon(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "arbiter", "run"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -148,7 +163,7 @@ def _leader(db: Path) -> str | None:
     try:
         lease = Store(engine).leases.get("leader")
         return lease.holder if lease else None
-    except Exception:  # noqa: BLE001 — the schema may not exist yet
+    except Exception:
         return None
     finally:
         engine.dispose()
@@ -162,7 +177,7 @@ def test_run_on_the_embedded_default_exits_cleanly_on_sigterm(
     try:
         _wait_for(lambda: _leader(db) is not None)
         daemon.send_signal(signal.SIGTERM)
-        out, err = daemon.communicate(timeout=30)
+        _out, err = daemon.communicate(timeout=30)
     finally:
         daemon.kill()
     assert daemon.returncode == 0, err

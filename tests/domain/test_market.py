@@ -67,8 +67,13 @@ def test_a_price_must_be_finite_and_not_negative(price: float) -> None:
 
 def test_an_instance_type_has_accelerator_and_count_together() -> None:
     h100 = InstanceType(
-        provider="aws", name="p5.48xlarge", vcpus=192, memory_gib=2048,
-        accelerator="H100", accelerator_count=8, accelerator_memory_gib=80,
+        provider="aws",
+        name="p5.48xlarge",
+        vcpus=192,
+        memory_gib=2048,
+        accelerator="H100",
+        accelerator_count=8,
+        accelerator_memory_gib=80,
     )
     assert h100.accelerator_count == 8
     with pytest.raises(ValidationError, match="together"):
@@ -79,8 +84,12 @@ def test_an_instance_type_has_accelerator_and_count_together() -> None:
 
 def test_a_fractional_gpu_count_is_allowed() -> None:
     g4 = InstanceType(
-        provider="gcp", name="g4-standard-12", vcpus=12, memory_gib=45,
-        accelerator="RTX-PRO-6000", accelerator_count=0.25,
+        provider="gcp",
+        name="g4-standard-12",
+        vcpus=12,
+        memory_gib=45,
+        accelerator="RTX-PRO-6000",
+        accelerator_count=0.25,
     )
     assert g4.accelerator_count == 0.25
 

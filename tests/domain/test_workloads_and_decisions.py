@@ -38,7 +38,14 @@ def test_user_location_shares_add_up_to_one() -> None:
     berlin = UserLocation(name="berlin", latitude=52.52, longitude=13.40, share=0.3)
     with pytest.raises(ValidationError, match="add up to 1"):
         workload(user_locations=(paris, berlin))
-    assert len(workload(user_locations=(paris, berlin.model_copy(update={"share": 0.4}))).user_locations) == 2
+    assert (
+        len(
+            workload(
+                user_locations=(paris, berlin.model_copy(update={"share": 0.4}))
+            ).user_locations
+        )
+        == 2
+    )
 
 
 def test_a_workload_name_is_a_dns_label() -> None:
@@ -47,16 +54,24 @@ def test_a_workload_name_is_a_dns_label() -> None:
 
 
 def test_throughput_is_known_only_for_accepted_gpus() -> None:
-    w = workload(gpu_options=(GpuOption(model="H100", tokens_per_second=2500),
-                              GpuOption(model="A100-80GB", tokens_per_second=1000)))
+    w = workload(
+        gpu_options=(
+            GpuOption(model="H100", tokens_per_second=2500),
+            GpuOption(model="A100-80GB", tokens_per_second=1000),
+        )
+    )
     assert w.throughput_on("A100-80GB") == 1000
     assert w.throughput_on("L4") is None
 
 
 def test_a_gpu_model_may_be_listed_once() -> None:
     with pytest.raises(ValidationError, match="twice"):
-        workload(gpu_options=(GpuOption(model="H100", tokens_per_second=1),
-                              GpuOption(model="H100", tokens_per_second=2)))
+        workload(
+            gpu_options=(
+                GpuOption(model="H100", tokens_per_second=1),
+                GpuOption(model="H100", tokens_per_second=2),
+            )
+        )
 
 
 def test_an_error_verdict_excludes_like_a_fail_when_enforced() -> None:
@@ -72,12 +87,18 @@ def test_a_decision_is_placed_or_says_why_not() -> None:
     with pytest.raises(ValidationError, match="must say why"):
         Decision(id="d", workload="chat-api", decided_at=T0, snapshot_id="s")
     unplaced = Decision(
-        id="d", workload="chat-api", decided_at=T0, snapshot_id="s",
+        id="d",
+        workload="chat-api",
+        decided_at=T0,
+        snapshot_id="s",
         unplaceable_reasons=("no EU region has H100 capacity",),
     )
     assert not unplaced.placed
     with pytest.raises(ValidationError, match="belong"):
         Decision(
-            id="d", workload="chat-api", decided_at=T0, snapshot_id="s",
+            id="d",
+            workload="chat-api",
+            decided_at=T0,
+            snapshot_id="s",
             placements=(Placement(workload="other", offer=OFFER, replicas=1),),
         )

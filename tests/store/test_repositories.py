@@ -23,7 +23,9 @@ H100_SPOT = Offer(
     market=Market.SPOT,
 )
 A100_OD = Offer(
-    provider=Provider.GCP, region="europe-west4", instance_type="a2-highgpu-1g",
+    provider=Provider.GCP,
+    region="europe-west4",
+    instance_type="a2-highgpu-1g",
     market=Market.ON_DEMAND,
 )
 
@@ -117,7 +119,9 @@ def test_latest_returns_utc_aware_times(store: Store) -> None:
 def test_a_live_lease_cannot_be_taken_by_another_holder(store: Store) -> None:
     store.leases.acquire("leader", "a", now=T0, ttl=timedelta(seconds=30))
     with pytest.raises(LeaseHeld) as held:
-        store.leases.acquire("leader", "b", now=T0 + timedelta(seconds=10), ttl=timedelta(seconds=30))
+        store.leases.acquire(
+            "leader", "b", now=T0 + timedelta(seconds=10), ttl=timedelta(seconds=30)
+        )
     assert held.value.holder == "a"
 
 

@@ -8,6 +8,7 @@ it runs them as the ``postgres`` user, because initdb refuses to run as root.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -77,13 +78,23 @@ class PostgresServer:
             try:
                 user = pwd.getpwnam("postgres")
             except KeyError:
-                raise PostgresUnavailable("running as root and there is no 'postgres' user") from None
+                raise PostgresUnavailable(
+                    "running as root and there is no 'postgres' user"
+                ) from None
             for path in (Path(self._tmp), sockets):
                 os.chown(path, user.pw_uid, user.pw_gid)
             self._run_as = ["runuser", "-u", "postgres", "--"]
         port = _free_port()
         self._pg(
-            "initdb", "-D", str(self._data), "-A", "trust", "-U", "arbiter", "-E", "UTF8",
+            "initdb",
+            "-D",
+            str(self._data),
+            "-A",
+            "trust",
+            "-U",
+            "arbiter",
+            "-E",
+            "UTF8",
             "--no-sync",
         )
         options = (
@@ -92,8 +103,17 @@ class PostgresServer:
             "-c max_connections=200"
         )
         self._pg(
-            "pg_ctl", "-D", str(self._data), "-o", options, "-l", str(Path(self._tmp) / "log"),
-            "-w", "-t", "60", "start",
+            "pg_ctl",
+            "-D",
+            str(self._data),
+            "-o",
+            options,
+            "-l",
+            str(Path(self._tmp) / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
         self.admin_url = f"postgresql://arbiter@127.0.0.1:{port}/postgres"
 
@@ -128,9 +148,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self._data is not None:
-            try:
+            with contextlib.suppress(PostgresUnavailable):
                 self._pg("pg_ctl", "-D", str(self._data), "-m", "immediate", "-w", "stop")
-            except PostgresUnavailable:
-                pass
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
