@@ -24,9 +24,32 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
+from arbiter.domain.values import parse_duration
 from arbiter.errors import ConfigError
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+"""A duration: a number of seconds or a string like '30s', '5m', '1h30m'."""
+
+SOURCE_KINDS = (
+    "aws",
+    "azure",
+    "electricitymaps",
+    "gcp",
+    "replay",
+    "static-carbon",
+    "ukci",
+    "watttime",
+)
 
 ENV_PREFIX = "ARBITER_"
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
@@ -97,12 +120,50 @@ class HttpConfig(_Section):
     enabled: bool = True
 
 
+class SourceConfig(_Section):
+    """One market-data source: ``[sources.NAME]``. ``options`` are the adapter's own."""
+
+    kind: str
+    enabled: bool = True
+    interval: Seconds = 300.0
+    """How often to poll."""
+    jitter: Seconds = 30.0
+    """Random delay added to each poll, so sources and replicas do not poll in step."""
+    timeout: Seconds = 20.0
+    """Per request."""
+    stale_after: Seconds = 3600.0
+    """Data older than this is stale: shown as such and never used as fresh."""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in SOURCE_KINDS:
+            import difflib
+
+            close = difflib.get_close_matches(value, SOURCE_KINDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown source kind {value!r}{hint} known: {', '.join(SOURCE_KINDS)}"
+            )
+        return value
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than zero")
+        return value
+
+
 class Settings(_Section):
     database: DatabaseConfig = DatabaseConfig()
     daemon: DaemonConfig = DaemonConfig()
     logging: LoggingConfig = LoggingConfig()
     catalog: CatalogConfig = CatalogConfig()
     http: HttpConfig = HttpConfig()
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Market-data sources by name; empty means the embedded default (recorded data)."""
 
 
 class LoadedConfig:

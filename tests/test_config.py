@@ -110,3 +110,30 @@ def test_the_database_url_is_a_secret(tmp_path: Path) -> None:
     )
     assert "hunter2" not in repr(loaded.settings)
     assert "hunter2" not in str(loaded.settings.model_dump())
+
+
+def test_sources_take_durations_in_words(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[sources.aws-us]\nkind = "aws"\ninterval = "5m"\njitter = "30s"\n'
+        'stale_after = "1h30m"\noptions = {regions = ["us-east-1"]}\n',
+    )
+    source = load_config(path, env={}).settings.sources["aws-us"]
+    assert (source.interval, source.jitter, source.stale_after) == (300, 30, 5400)
+    assert source.options == {"regions": ["us-east-1"]}
+
+
+def test_an_unknown_source_kind_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sources.x]\nkind = "awz"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert err.value.key == "sources.x.kind"
+    assert "did you mean 'aws'?" in str(err.value)
+
+
+def test_a_bad_duration_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sources.x]\nkind = "aws"\ninterval = "five minutes"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert err.value.key == "sources.x.interval"
+    assert "like '30s'" in str(err.value)

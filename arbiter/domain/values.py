@@ -9,6 +9,7 @@ and are normalised to UTC.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -37,3 +38,26 @@ class Value(BaseModel):
     """Base of every domain value: frozen, closed (unknown fields are errors), validated."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration written ``90``, ``"90s"``, ``"30m"``, ``"1h30m"`` or ``"2d"``.
+
+    Raises ValueError naming the accepted forms.
+    """
+    if isinstance(text, bool):
+        raise ValueError("expected a duration like '30s', '5m', '1h30m', got a boolean")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        spec = text.strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", spec)
+        if not spec or "".join(n + u for n, u in parts) != spec.replace(" ", ""):
+            raise ValueError(f"expected a duration like '30s', '5m', '1h30m', got {text!r}")
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be a finite number of seconds ≥ 0, got {text!r}")
+    return seconds

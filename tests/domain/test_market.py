@@ -134,3 +134,29 @@ def test_a_percentile_index_cannot_exceed_100() -> None:
         CarbonReading(
             zone="PSCO", valid_at=T0, value=140, unit="percentile", basis="marginal", source="wt"
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (90, 90.0),
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("1h30m", 5400.0),
+        ("2d", 172800.0),
+        ("250ms", 0.25),
+        ("1.5h", 5400.0),
+    ],
+)
+def test_durations_read_like_words(text: str | int, seconds: float) -> None:
+    from arbiter.domain.values import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "m5", "-5s", "1h foo", True])
+def test_bad_durations_are_refused(text: str) -> None:
+    from arbiter.domain.values import parse_duration
+
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
