@@ -36,20 +36,12 @@ from pydantic import (
 
 from arbiter.domain.values import parse_duration
 from arbiter.errors import ConfigError
+from providers.registry import SOURCES
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 """A duration: a number of seconds or a string like '30s', '5m', '1h30m'."""
 
-SOURCE_KINDS = (
-    "aws",
-    "azure",
-    "electricitymaps",
-    "gcp",
-    "replay",
-    "static-carbon",
-    "ukci",
-    "watttime",
-)
+SOURCE_KINDS = tuple(sorted(SOURCES))
 
 ENV_PREFIX = "ARBITER_"
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
