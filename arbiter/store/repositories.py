@@ -7,21 +7,34 @@ SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from arbiter.domain.decisions import Decision
-from arbiter.domain.market import Market, Offer, PriceQuote, Provider
+from arbiter.domain.market import (
+    CapacityKind,
+    CapacitySignal,
+    CarbonBasis,
+    CarbonReading,
+    CarbonUnit,
+    InstanceType,
+    Market,
+    Offer,
+    PriceQuote,
+    Provider,
+)
 from arbiter.domain.migrations import Migration, MigrationEvent, MigrationState
 from arbiter.domain.regions import Region, RegionCatalog
 from arbiter.domain.workloads import Placement, Workload
 from arbiter.errors import LeaseHeld, StoreError
+from arbiter.store import changepoints
 from arbiter.store import schema as t
+from arbiter.store.changepoints import IngestStats, Observation
 from arbiter.store.db import translate_errors
 
 _CHUNK = 500
@@ -81,18 +94,6 @@ class RegionRepository:
 
 
 @dataclass(frozen=True)
-class IngestStats:
-    """What a batch of quotes did to the price history."""
-
-    inserted: int = 0
-    """New change points (first sighting of an offer, or a changed price)."""
-    extended: int = 0
-    """Unchanged prices: only ``last_seen`` moved."""
-    ignored: int = 0
-    """Quotes older than what the store already has for that offer and source."""
-
-
-@dataclass(frozen=True)
 class LatestPrice:
     offer: Offer
     usd_per_hour: float
@@ -137,86 +138,27 @@ class PriceRepository:
         return ids
 
     def record(self, quotes: Iterable[PriceQuote]) -> IngestStats:
-        """Store quotes as change points, in one transaction.
+        """Store quotes as change points per (offer, source), in one transaction.
 
-        Per (offer, source), in time order: the same price as the latest row moves its
-        ``last_seen``; a different price starts a new row; a quote older than the
-        latest row's ``last_seen`` is ignored (the store never rewrites history).
+        The same price as the latest row moves its ``last_seen``; a different price
+        starts a new row; a quote older than the latest row is ignored.
         """
-        ordered = sorted(quotes, key=lambda q: q.observed_at)
-        if not ordered:
+        quotes = list(quotes)
+        if not quotes:
             return IngestStats()
-        offers = {q.offer.key: q.offer for q in ordered}
+        offers = {q.offer.key: q.offer for q in quotes}
         with translate_errors("recording prices"), self._engine.begin() as conn:
             ids = self._offer_ids(conn, offers)
-            latest: dict[tuple[int, str], dict[str, Any]] = {}
-            pairs = sorted({(ids[q.offer.key], q.source) for q in ordered})
-            ph = t.price_history
-            for chunk in _chunks(pairs):
-                newest = (
-                    select(ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs"))
-                    .where(tuple_(ph.c.offer_id, ph.c.source).in_(chunk))
-                    .group_by(ph.c.offer_id, ph.c.source)
-                    .subquery()
-                )
-                rows = conn.execute(
-                    select(
-                        ph.c.id, ph.c.offer_id, ph.c.source, ph.c.usd_per_hour, ph.c.last_seen
-                    ).join(
-                        newest,
-                        and_(
-                            ph.c.offer_id == newest.c.offer_id,
-                            ph.c.source == newest.c.source,
-                            ph.c.first_seen == newest.c.fs,
-                        ),
-                    )
-                )
-                for row in rows:
-                    latest[(row.offer_id, row.source)] = {
-                        "id": row.id,
-                        "usd_per_hour": row.usd_per_hour,
-                        "last_seen": row.last_seen,
-                        "new": False,
-                    }
-            new_rows: list[dict[str, Any]] = []
-            moved: dict[int, datetime] = {}
-            inserted = extended = ignored = 0
-            for q in ordered:
-                pair = (ids[q.offer.key], q.source)
-                current = latest.get(pair)
-                if current is not None and q.observed_at < current["last_seen"]:
-                    ignored += 1
-                elif current is not None and current["usd_per_hour"] == q.usd_per_hour:
-                    current["last_seen"] = q.observed_at
-                    if current["new"]:
-                        current["row"]["last_seen"] = q.observed_at
-                    else:
-                        moved[current["id"]] = q.observed_at
-                    extended += 1
-                else:
-                    new_row = {
-                        "offer_id": pair[0],
-                        "source": q.source,
-                        "usd_per_hour": q.usd_per_hour,
-                        "first_seen": q.observed_at,
-                        "last_seen": q.observed_at,
-                    }
-                    new_rows.append(new_row)
-                    latest[pair] = {
-                        "usd_per_hour": q.usd_per_hour,
-                        "last_seen": q.observed_at,
-                        "new": True,
-                        "row": new_row,
-                    }
-                    inserted += 1
-            if moved:
-                conn.execute(
-                    update(ph).where(ph.c.id == _bind("row_id")).values(last_seen=_bind("seen")),
-                    [{"row_id": k, "seen": v} for k, v in moved.items()],
-                )
-            if new_rows:
-                conn.execute(insert(ph), new_rows)
-        return IngestStats(inserted=inserted, extended=extended, ignored=ignored)
+            return changepoints.record(
+                conn,
+                t.price_history,
+                ("offer_id", "source"),
+                "usd_per_hour",
+                [
+                    Observation((ids[q.offer.key], q.source), q.usd_per_hour, q.observed_at)
+                    for q in quotes
+                ],
+            )
 
     def latest(self, *, provider: str | None = None) -> list[LatestPrice]:
         """The newest price level of every offer and source."""
@@ -270,12 +212,6 @@ class PriceRepository:
                 .order_by(ph.c.first_seen)
             )
             return [(r.usd_per_hour, r.first_seen, r.last_seen) for r in rows]
-
-
-def _bind(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name)
 
 
 @dataclass(frozen=True)
@@ -571,6 +507,304 @@ class DecisionRepository:
         return None if row is None else Decision.model_validate(row.explanation)
 
 
+@dataclass(frozen=True)
+class LatestCapacity:
+    signal: CapacitySignal
+    """The newest level; ``observed_at`` is when it was last seen."""
+    first_seen: datetime
+
+
+class CapacityRepository:
+    """Change-point encoded capacity signals, one series per
+    (provider, region, zone, instance type, kind) and source."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    @staticmethod
+    def series_key(s: CapacitySignal) -> str:
+        return ":".join((s.provider, s.region, s.zone or "-", s.instance_type or "*", s.kind))
+
+    def record(self, signals: Iterable[CapacitySignal]) -> IngestStats:
+        signals = list(signals)
+        if not signals:
+            return IngestStats()
+        describe: dict[tuple[Hashable, ...], dict[str, Any]] = {
+            (self.series_key(s), s.source): {
+                "provider": s.provider.value,
+                "region": s.region,
+                "zone": s.zone,
+                "instance_type": s.instance_type,
+                "kind": s.kind.value,
+            }
+            for s in signals
+        }
+        with translate_errors("recording capacity"), self._engine.begin() as conn:
+            stats = changepoints.record(
+                conn,
+                t.capacity_signals,
+                ("key", "source"),
+                "value",
+                [
+                    Observation((self.series_key(s), s.source), s.value, s.observed_at)
+                    for s in signals
+                ],
+                describe,
+            )
+        return stats
+
+    def latest(self) -> list[LatestCapacity]:
+        cs = t.capacity_signals
+        newest = (
+            select(cs.c.key, cs.c.source, func.max(cs.c.first_seen).label("fs"))
+            .group_by(cs.c.key, cs.c.source)
+            .subquery()
+        )
+        query = (
+            select(cs)
+            .join(
+                newest,
+                and_(
+                    cs.c.key == newest.c.key,
+                    cs.c.source == newest.c.source,
+                    cs.c.first_seen == newest.c.fs,
+                ),
+            )
+            .order_by(cs.c.key, cs.c.source)
+        )
+        with translate_errors("reading capacity"), self._engine.connect() as conn:
+            return [
+                LatestCapacity(
+                    signal=CapacitySignal(
+                        provider=Provider(row.provider),
+                        region=row.region,
+                        zone=row.zone,
+                        instance_type=row.instance_type,
+                        kind=CapacityKind(row.kind),
+                        value=row.value,
+                        observed_at=row.last_seen,
+                        source=row.source,
+                    ),
+                    first_seen=row.first_seen,
+                )
+                for row in conn.execute(query)
+            ]
+
+
+class CarbonRepository:
+    """Carbon readings, one row per (zone, source, basis, forecast, valid_at); a
+    re-published value for the same hour replaces the old one."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def record(self, readings: Iterable[CarbonReading], *, observed_at: datetime) -> int:
+        rows = [
+            {
+                "zone": r.zone,
+                "valid_at": r.valid_at,
+                "value": r.value,
+                "unit": r.unit.value,
+                "basis": r.basis.value,
+                "source": r.source,
+                "forecast": r.forecast,
+                "observed_at": observed_at,
+            }
+            for r in readings
+        ]
+        if not rows:
+            return 0
+        cr = t.carbon_readings
+        with translate_errors("recording carbon"), self._engine.begin() as conn:
+            dialect = conn.dialect.name
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+            for start in range(0, len(rows), 2000):
+                stmt = upsert(cr).values(rows[start : start + 2000])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["zone", "source", "basis", "forecast", "valid_at"],
+                    set_={
+                        "value": stmt.excluded.value,
+                        "unit": stmt.excluded.unit,
+                        "observed_at": stmt.excluded.observed_at,
+                    },
+                )
+                conn.execute(stmt)
+        return len(rows)
+
+    def latest(self, *, include_forecasts: bool = False) -> list[tuple[CarbonReading, datetime]]:
+        """The newest reading per (zone, source, basis, unit), with when it was fetched."""
+        cr = t.carbon_readings
+        newest = (
+            select(
+                cr.c.zone, cr.c.source, cr.c.basis, cr.c.unit, func.max(cr.c.valid_at).label("va")
+            )
+            .where(cr.c.forecast.is_(False))
+            .group_by(cr.c.zone, cr.c.source, cr.c.basis, cr.c.unit)
+            .subquery()
+        )
+        query = (
+            select(cr)
+            .join(
+                newest,
+                and_(
+                    cr.c.zone == newest.c.zone,
+                    cr.c.source == newest.c.source,
+                    cr.c.basis == newest.c.basis,
+                    cr.c.unit == newest.c.unit,
+                    cr.c.valid_at == newest.c.va,
+                    cr.c.forecast.is_(False),
+                ),
+            )
+            .order_by(cr.c.zone, cr.c.source, cr.c.basis)
+        )
+        with translate_errors("reading carbon"), self._engine.connect() as conn:
+            return [
+                (
+                    CarbonReading(
+                        zone=row.zone,
+                        valid_at=row.valid_at,
+                        value=row.value,
+                        unit=CarbonUnit(row.unit),
+                        basis=CarbonBasis(row.basis),
+                        source=row.source,
+                        forecast=row.forecast,
+                    ),
+                    row.observed_at,
+                )
+                for row in conn.execute(query)
+            ]
+
+
+class InstanceTypeRepository:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def upsert(self, types: Iterable[InstanceType], *, now: datetime) -> int:
+        rows = {
+            (it.provider.value, it.name): {
+                "provider": it.provider.value,
+                "name": it.name,
+                "vcpus": it.vcpus,
+                "memory_gib": it.memory_gib,
+                "accelerator": it.accelerator,
+                "accelerator_count": it.accelerator_count,
+                "accelerator_memory_gib": it.accelerator_memory_gib,
+                "updated_at": now,
+            }
+            for it in types
+        }
+        if not rows:
+            return 0
+        it_t = t.instance_types
+        with translate_errors("recording instance types"), self._engine.begin() as conn:
+            dialect = conn.dialect.name
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+            values = list(rows.values())
+            for start in range(0, len(values), 1000):
+                stmt = upsert(it_t).values(values[start : start + 1000])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["provider", "name"],
+                    set_={c: stmt.excluded[c] for c in values[0] if c not in ("provider", "name")},
+                )
+                conn.execute(stmt)
+        return len(rows)
+
+    def all(self) -> list[InstanceType]:
+        with translate_errors("reading instance types"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(t.instance_types).order_by(
+                    t.instance_types.c.provider, t.instance_types.c.name
+                )
+            )
+            return [
+                InstanceType(
+                    provider=Provider(r.provider),
+                    name=r.name,
+                    vcpus=r.vcpus,
+                    memory_gib=r.memory_gib,
+                    accelerator=r.accelerator,
+                    accelerator_count=r.accelerator_count,
+                    accelerator_memory_gib=r.accelerator_memory_gib,
+                )
+                for r in rows
+            ]
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    source: str
+    last_attempt_at: datetime | None
+    last_success_at: datetime | None
+    last_error_at: datetime | None
+    last_error: str | None
+    consecutive_failures: int
+
+
+class SourceStatusRepository:
+    """How each market-data source is doing: last success, last error, failure streak."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def _save(self, source: str, values: dict[str, Any]) -> None:
+        ss = t.source_status
+        with translate_errors("recording source status"), self._engine.begin() as conn:
+            done = conn.execute(update(ss).where(ss.c.source == source).values(**values)).rowcount
+            if not done:
+                conn.execute(insert(ss).values(source=source, **values))
+
+    def succeeded(self, source: str, *, at: datetime) -> None:
+        self._save(
+            source,
+            {"last_attempt_at": at, "last_success_at": at, "consecutive_failures": 0},
+        )
+
+    def failed(self, source: str, *, at: datetime, error: str) -> None:
+        ss = t.source_status
+        with translate_errors("recording source status"), self._engine.begin() as conn:
+            done = conn.execute(
+                update(ss)
+                .where(ss.c.source == source)
+                .values(
+                    last_attempt_at=at,
+                    last_error_at=at,
+                    last_error=error[:2000],
+                    consecutive_failures=ss.c.consecutive_failures + 1,
+                )
+            ).rowcount
+            if not done:
+                conn.execute(
+                    insert(ss).values(
+                        source=source,
+                        last_attempt_at=at,
+                        last_error_at=at,
+                        last_error=error[:2000],
+                        consecutive_failures=1,
+                    )
+                )
+
+    def all(self) -> list[SourceStatus]:
+        ss = t.source_status
+        with translate_errors("reading source status"), self._engine.connect() as conn:
+            return [
+                SourceStatus(
+                    r.source,
+                    r.last_attempt_at,
+                    r.last_success_at,
+                    r.last_error_at,
+                    r.last_error,
+                    r.consecutive_failures,
+                )
+                for r in conn.execute(select(ss).order_by(ss.c.source))
+            ]
+
+
 class Store:
     """Every repository over one engine."""
 
@@ -582,3 +816,7 @@ class Store:
         self.workloads = WorkloadRepository(engine)
         self.migrations = MigrationRepository(engine)
         self.decisions = DecisionRepository(engine)
+        self.capacity = CapacityRepository(engine)
+        self.carbon = CarbonRepository(engine)
+        self.instance_types = InstanceTypeRepository(engine)
+        self.sources = SourceStatusRepository(engine)

@@ -253,3 +253,102 @@ def test_decisions_round_trip_with_their_explanation(store: Store) -> None:
     store.decisions.record(later)
     assert store.decisions.latest("chat-api") == later
     assert store.decisions.latest("nothing") is None
+
+
+# -- capacity, carbon, instance types, source status ----------------------------
+
+from arbiter.domain.market import (  # noqa: E402
+    CapacityKind,
+    CapacitySignal,
+    CarbonReading,
+    CarbonUnit,
+    InstanceType,
+)
+
+
+def signal(
+    value: float, minutes: int, kind: CapacityKind = CapacityKind.PLACEMENT_SCORE
+) -> CapacitySignal:
+    return CapacitySignal(
+        provider=Provider.AWS,
+        region="us-east-1",
+        zone="use1-az4",
+        instance_type="p5.48xlarge",
+        kind=kind,
+        value=value,
+        observed_at=T0 + timedelta(minutes=minutes),
+        source="test",
+    )
+
+
+def test_capacity_signals_are_change_point_encoded(store: Store) -> None:
+    stats = store.capacity.record([signal(7, 0), signal(7, 5), signal(3, 10)])
+    assert (stats.inserted, stats.extended) == (2, 1)
+    (latest,) = store.capacity.latest()
+    assert latest.signal == signal(3, 10)
+    assert latest.first_seen == T0 + timedelta(minutes=10)
+
+
+def test_capacity_series_are_kept_apart_by_kind(store: Store) -> None:
+    store.capacity.record([signal(7, 0), signal(2, 0, CapacityKind.INTERRUPTION_BUCKET)])
+    kinds = sorted(c.signal.kind for c in store.capacity.latest())
+    assert kinds == [CapacityKind.INTERRUPTION_BUCKET, CapacityKind.PLACEMENT_SCORE]
+
+
+def reading(value: float, hour: int, source: str = "em") -> CarbonReading:
+    return CarbonReading(
+        zone="DE",
+        valid_at=T0 + timedelta(hours=hour),
+        value=value,
+        basis="lifecycle",
+        source=source,
+    )
+
+
+def test_carbon_readings_keep_one_value_per_hour_and_the_newest_wins(store: Store) -> None:
+    store.carbon.record([reading(380, 0), reading(350, 1)], observed_at=T0)
+    store.carbon.record([reading(352, 1)], observed_at=T0 + timedelta(minutes=30))
+    latest = store.carbon.latest()
+    assert [(r.value, r.valid_at, seen) for r, seen in latest] == [
+        (352, T0 + timedelta(hours=1), T0 + timedelta(minutes=30))
+    ]
+
+
+def test_carbon_latest_keeps_sources_and_units_apart(store: Store) -> None:
+    index = CarbonReading(
+        zone="DE", valid_at=T0, value=40, unit=CarbonUnit.PERCENTILE, basis="marginal", source="wt"
+    )
+    store.carbon.record([reading(380, 0), index], observed_at=T0)
+    assert {(r.source, r.unit) for r, _ in store.carbon.latest()} == {
+        ("em", CarbonUnit.G_PER_KWH),
+        ("wt", CarbonUnit.PERCENTILE),
+    }
+
+
+def test_instance_types_are_upserted(store: Store) -> None:
+    h100 = InstanceType(
+        provider="aws",
+        name="p5.48xlarge",
+        vcpus=192,
+        memory_gib=2048,
+        accelerator="H100",
+        accelerator_count=8,
+        accelerator_memory_gib=80,
+    )
+    store.instance_types.upsert([h100], now=T0)
+    bigger = h100.model_copy(update={"memory_gib": 2049.0})
+    store.instance_types.upsert([bigger], now=T0)
+    assert store.instance_types.all() == [bigger]
+
+
+def test_source_status_counts_a_failure_streak_and_a_success_resets_it(store: Store) -> None:
+    store.sources.failed("aws", at=T0, error="HTTP 503")
+    store.sources.failed("aws", at=T0 + timedelta(minutes=1), error="HTTP 503 again")
+    (status,) = store.sources.all()
+    assert status.consecutive_failures == 2 and status.last_error == "HTTP 503 again"
+    assert status.last_success_at is None
+    store.sources.succeeded("aws", at=T0 + timedelta(minutes=2))
+    (status,) = store.sources.all()
+    assert status.consecutive_failures == 0
+    assert status.last_success_at == T0 + timedelta(minutes=2)
+    assert status.last_error_at == T0 + timedelta(minutes=1)
