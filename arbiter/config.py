@@ -106,6 +106,12 @@ class CatalogConfig(_Section):
     jurisdictions_files: tuple[Path, ...] = ()
 
 
+class StoreConfig(_Section):
+    retention: Seconds = 400 * 86400.0
+    """Price and capacity levels last seen longer ago than this are deleted (the newest
+    level of every series is always kept). Carbon readings likewise, by their hour."""
+
+
 class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9464
@@ -154,6 +160,7 @@ class Settings(_Section):
     logging: LoggingConfig = LoggingConfig()
     catalog: CatalogConfig = CatalogConfig()
     http: HttpConfig = HttpConfig()
+    store: StoreConfig = StoreConfig()
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Market-data sources by name; empty means the embedded default (recorded data)."""
 

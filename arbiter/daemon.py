@@ -7,7 +7,9 @@
 2. loads the region catalog and writes it to the store;
 3. takes the leader lease (on SQLite a second daemon is refused; on PostgreSQL it
    stands by and takes over when the leader's lease expires);
-4. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
+4. polls each market-data source on its own interval and jitter (leader only), and
+   applies the store's retention every 6 hours;
+5. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
    then lets the running job finish, releases the lease and returns 0.
 """
 
@@ -28,6 +30,7 @@ from arbiter.config import Settings
 from arbiter.domain.regions import RegionCatalog
 from arbiter.errors import LeaseHeld, StoreError
 from arbiter.logs import get_logger
+from arbiter.polling import ConfiguredSource, Poller
 from arbiter.ports import Clock, SystemClock
 from arbiter.store.db import check_current, upgrade
 from arbiter.store.repositories import Store
@@ -75,6 +78,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.log = get_logger("daemon", daemon=self.name)
         self._scheduler: Any = None
+        self.poller: Poller | None = None
 
     # -- start-up ---------------------------------------------------------------
 
@@ -124,6 +128,43 @@ class Daemon:
             if self.is_sqlite and "another arbiter daemon" in str(exc):
                 self.stopping.set()
 
+    def poll(self, source: str) -> None:
+        """Poll one market-data source (leader only: standbys do not double the calls)."""
+        if not self.is_leader or self.poller is None or self.stopping.is_set():
+            return
+        self.poller.poll(source)
+
+    def prune(self) -> None:
+        if not self.is_leader:
+            return
+        cutoff = self.clock.now() - timedelta(seconds=self.settings.store.retention)
+        try:
+            removed = self.store.prune(cutoff)
+        except StoreError as exc:
+            self.log.error("retention failed", error=str(exc))
+            return
+        self.log.info("retention applied", cutoff=cutoff.isoformat(), **removed)
+
+    def add_polling_jobs(self, sources: dict[str, ConfiguredSource]) -> None:
+        self.poller = Poller(self.store, sources, self.catalog, self.clock)
+        first = self.clock.now()
+        for name, configured in sources.items():
+            self._scheduler.add_job(
+                self.poll,
+                "interval",
+                args=[name],
+                seconds=configured.config.interval,
+                jitter=configured.config.jitter,
+                id=f"poll:{name}",
+                next_run_time=first,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        self._scheduler.add_job(
+            self.prune, "interval", hours=6, id="retention", max_instances=1, coalesce=True
+        )
+
     # -- lifecycle --------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
@@ -134,12 +175,19 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
+    def run(
+        self,
+        sources: dict[str, ConfiguredSource] | None = None,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.prepare_store()
         self.try_lead()
         self._scheduler = BackgroundScheduler(timezone="UTC")
+        if sources:
+            self.add_polling_jobs(sources)
         self._scheduler.add_job(
             self.tick,
             "interval",
@@ -154,6 +202,7 @@ class Daemon:
             mode=self.settings.daemon.mode.value,
             leader=self.is_leader,
             backend=self.engine.dialect.name,
+            sources=sorted(sources or {}),
         )
         if on_ready:
             on_ready()

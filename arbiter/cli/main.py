@@ -46,6 +46,24 @@ class Context:
 
         return default_database_url()
 
+    def open_store(self, *, read_only: bool = True) -> Any:
+        """A Store on the configured database, checked to be at the current schema.
+
+        Read-only commands open it read-only (SQLite ``mode=ro``; PostgreSQL
+        ``default_transaction_read_only``), so they cannot write even by mistake.
+        """
+        from arbiter.store.db import check_current, make_engine
+        from arbiter.store.repositories import Store
+
+        engine = make_engine(self.database_url(), read_only=read_only)
+        check_current(engine)
+        return Store(engine)
+
+    def source_configs(self) -> Any:
+        from arbiter.polling import effective_source_configs
+
+        return effective_source_configs(self.settings.sources)
+
     def catalog(self) -> Any:
         from arbiter.catalog import load_catalog
 
@@ -91,18 +109,24 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None) -
 
     \b
     Daemon:     arbiter run
+    Market:     arbiter poll --once [--source NAME]
     Store:      arbiter db upgrade | downgrade | current
-    Read-only:  arbiter regions
+    Read-only:  arbiter prices | capacity | carbon | sources | regions
     """
     ctx.obj = Context(config_path, database_url)
 
 
 def _register() -> None:
-    from arbiter.cli import config_cmd, db, regions, run
+    from arbiter.cli import config_cmd, db, market, poll, regions, run
 
     cli.add_command(run.run)
+    cli.add_command(poll.poll)
     cli.add_command(db.db)
     cli.add_command(regions.regions)
+    cli.add_command(market.prices)
+    cli.add_command(market.capacity)
+    cli.add_command(market.carbon)
+    cli.add_command(market.sources)
     cli.add_command(config_cmd.config)
 
 

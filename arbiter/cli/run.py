@@ -16,7 +16,8 @@ def run(obj: object, mode: str | None) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT (then exit 0).
 
     With no configuration it uses the embedded default: a SQLite file in your data
-    directory (its path is printed).
+    directory (its path is printed), recorded real market data replayed at one
+    recorded day per minute, and static grid carbon factors.
     """
     from arbiter import logs
     from arbiter.daemon import Daemon
@@ -31,6 +32,9 @@ def run(obj: object, mode: str | None) -> None:
     url = obj.database_url()  # type: ignore[attr-defined]
     click.echo(f"arbiter: database {display_url(url)}", err=True)
     catalog = obj.catalog()  # type: ignore[attr-defined]
+    from arbiter.polling import build_sources, effective_source_configs
+
+    sources = build_sources(effective_source_configs(settings.sources))
     daemon = Daemon(settings, make_engine(url), catalog, database_url=url)
     daemon.install_signal_handlers()
-    raise SystemExit(daemon.run())
+    raise SystemExit(daemon.run(sources))

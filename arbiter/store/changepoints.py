@@ -18,15 +18,27 @@ from sqlalchemy import (
     Connection,
     Table,
     and_,
+    any_,
     bindparam,
+    delete,
     func,
     insert,
     select,
-    tuple_,
     update,
 )
 
-_CHUNK = 400
+_CHUNK = 5000
+_UPDATE_CHUNK = 5000
+
+
+def member_of(conn: Connection, column: Column[Any], values: Sequence[Any]) -> Any:
+    """``column IN values``: one array parameter on PostgreSQL (no per-value binds to
+    render and parse), an expanding IN elsewhere."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 @dataclass(frozen=True)
@@ -74,12 +86,15 @@ def record(
     cols: list[Column[Any]] = [table.c[name] for name in series_columns]
     value_col = table.c[value_column]
     newest: dict[tuple[Hashable, ...], dict[str, Any]] = {}
-    all_series = sorted({o.series for o in ordered}, key=repr)
-    for start in range(0, len(all_series), _CHUNK):
-        chunk = all_series[start : start + _CHUNK]
+    wanted = {o.series for o in ordered}
+    # The newest level of each series: a GROUP BY on the (series..., first_seen) index,
+    # restricted by the first series column, joined back to its row.
+    heads = sorted({s[0] for s in wanted}, key=repr)
+    for start in range(0, len(heads), _CHUNK):
+        chunk = heads[start : start + _CHUNK]
         latest_first = (
             select(*cols, func.max(table.c.first_seen).label("fs"))
-            .where(tuple_(*cols).in_(chunk))
+            .where(member_of(conn, cols[0], chunk))
             .group_by(*cols)
             .subquery()
         )
@@ -92,14 +107,16 @@ def record(
                 ),
             )
         )
+        n = len(cols)
         for row in rows:
-            series = tuple(row._mapping[c.name] for c in cols)
-            newest[series] = {
-                "id": row.id,
-                "value": row._mapping[value_column],
-                "last_seen": row.last_seen,
-                "row": None,
-            }
+            series = tuple(row[1 : 1 + n])
+            if series in wanted:
+                newest[series] = {
+                    "id": row[0],
+                    "value": row[1 + n],
+                    "last_seen": row[2 + n],
+                    "row": None,
+                }
     new_rows: list[dict[str, Any]] = []
     moved: dict[int, datetime] = {}
     inserted = extended = ignored = 0
@@ -123,12 +140,30 @@ def record(
             newest[obs.series] = {"value": obs.value, "last_seen": obs.at, "row": new_row}
             inserted += 1
     if moved:
-        conn.execute(
-            update(table)
-            .where(table.c.id == bindparam("row_id"))
-            .values(last_seen=bindparam("seen")),
-            [{"row_id": k, "seen": v} for k, v in moved.items()],
-        )
+        # One UPDATE per distinct time (a poll stamps everything with one time).
+        by_time: dict[datetime, list[int]] = {}
+        for row_id, seen in moved.items():
+            by_time.setdefault(seen, []).append(row_id)
+        for seen, ids in by_time.items():
+            for start in range(0, len(ids), _UPDATE_CHUNK):
+                conn.execute(
+                    update(table)
+                    .where(member_of(conn, table.c.id, ids[start : start + _UPDATE_CHUNK]))
+                    .values(last_seen=seen)
+                )
     if new_rows:
         conn.execute(insert(table), new_rows)
     return IngestStats(inserted=inserted, extended=extended, ignored=ignored)
+
+
+def prune(conn: Connection, table: Table, series_columns: Sequence[str], cutoff: datetime) -> int:
+    """Delete levels last seen before ``cutoff``, keeping the newest level of every series."""
+    newer = table.alias("newer")
+    has_newer = (
+        select(newer.c.id)
+        .where(*(newer.c[c] == table.c[c] for c in series_columns))
+        .where(newer.c.first_seen > table.c.first_seen)
+        .exists()
+    )
+    result = conn.execute(delete(table).where(table.c.last_seen < cutoff).where(has_newer))
+    return int(result.rowcount or 0)

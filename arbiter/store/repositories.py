@@ -107,13 +107,17 @@ class PriceRepository:
 
     def __init__(self, engine: Engine):
         self._engine = engine
+        # Offer rows are never changed or deleted, so key -> id is cached once committed.
+        self._known_ids: dict[str, int] = {}
 
     def _offer_ids(self, conn: Any, offers: dict[str, Offer]) -> dict[str, int]:
-        keys = list(offers)
-        ids: dict[str, int] = {}
+        ids = {k: self._known_ids[k] for k in offers if k in self._known_ids}
+        keys = [k for k in offers if k not in ids]
         for chunk in _chunks(keys):
             for key, offer_id in conn.execute(
-                select(t.offers.c.key, t.offers.c.id).where(t.offers.c.key.in_(chunk))
+                select(t.offers.c.key, t.offers.c.id).where(
+                    changepoints.member_of(conn, t.offers.c.key, chunk)
+                )
             ):
                 ids[key] = offer_id
         missing = [
@@ -132,7 +136,9 @@ class PriceRepository:
             conn.execute(insert(t.offers), missing)
             for chunk in _chunks([m["key"] for m in missing]):
                 for key, offer_id in conn.execute(
-                    select(t.offers.c.key, t.offers.c.id).where(t.offers.c.key.in_(chunk))
+                    select(t.offers.c.key, t.offers.c.id).where(
+                        changepoints.member_of(conn, t.offers.c.key, chunk)
+                    )
                 ):
                     ids[key] = offer_id
         return ids
@@ -149,7 +155,7 @@ class PriceRepository:
         offers = {q.offer.key: q.offer for q in quotes}
         with translate_errors("recording prices"), self._engine.begin() as conn:
             ids = self._offer_ids(conn, offers)
-            return changepoints.record(
+            stats = changepoints.record(
                 conn,
                 t.price_history,
                 ("offer_id", "source"),
@@ -159,6 +165,8 @@ class PriceRepository:
                     for q in quotes
                 ],
             )
+        self._known_ids.update(ids)
+        return stats
 
     def latest(self, *, provider: str | None = None) -> list[LatestPrice]:
         """The newest price level of every offer and source."""
@@ -807,6 +815,20 @@ class SourceStatusRepository:
 
 class Store:
     """Every repository over one engine."""
+
+    def prune(self, cutoff: datetime) -> dict[str, int]:
+        """Apply retention: drop history older than ``cutoff`` (newest levels stay)."""
+        with translate_errors("pruning history"), self.engine.begin() as conn:
+            return {
+                "prices": changepoints.prune(conn, t.price_history, ("offer_id", "source"), cutoff),
+                "capacity": changepoints.prune(conn, t.capacity_signals, ("key", "source"), cutoff),
+                "carbon": int(
+                    conn.execute(
+                        delete(t.carbon_readings).where(t.carbon_readings.c.valid_at < cutoff)
+                    ).rowcount
+                    or 0
+                ),
+            }
 
     def __init__(self, engine: Engine):
         self.engine = engine

@@ -352,3 +352,15 @@ def test_source_status_counts_a_failure_streak_and_a_success_resets_it(store: St
     assert status.consecutive_failures == 0
     assert status.last_success_at == T0 + timedelta(minutes=2)
     assert status.last_error_at == T0 + timedelta(minutes=1)
+
+
+def test_retention_drops_old_levels_but_keeps_the_newest_of_every_series(store: Store) -> None:
+    store.prices.record([quote(H100_SPOT, 30.0, 0), quote(H100_SPOT, 28.0, 60)])
+    store.prices.record([quote(A100_OD, 3.0, 0)])
+    store.carbon.record([reading(380, 0), reading(350, 5)], observed_at=T0)
+    removed = store.prune(T0 + timedelta(minutes=30))
+    assert removed == {"prices": 1, "capacity": 0, "carbon": 1}
+    assert store.prices.history(H100_SPOT) == [
+        (28.0, T0 + timedelta(minutes=60), T0 + timedelta(minutes=60))
+    ]
+    assert store.prices.history(A100_OD) == [(3.0, T0, T0)]
