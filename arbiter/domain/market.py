@@ -46,7 +46,9 @@ class CapacityKind(StrEnum):
     INTERRUPTION_BUCKET = "interruption_bucket"
     """AWS Spot Advisor interruption frequency bucket, 0 (<5%) to 4 (>20%)."""
     QUOTA_GPUS_FREE = "quota_gpus_free"
-    """GPUs still available under a regional quota (a ceiling, not a promise)."""
+    """GPUs still available under a regional on-demand quota (a ceiling, not a promise)."""
+    QUOTA_SPOT_GPUS_FREE = "quota_spot_gpus_free"
+    """GPUs still available under a regional spot / preemptible / low-priority quota."""
     AVAILABLE = "available"
     """Observed availability: 1 if capacity was obtainable, 0 if not (or a count)."""
 
@@ -55,6 +57,7 @@ _CAPACITY_RANGES: dict[CapacityKind, tuple[float, float]] = {
     CapacityKind.PLACEMENT_SCORE: (1, 10),
     CapacityKind.INTERRUPTION_BUCKET: (0, 4),
     CapacityKind.QUOTA_GPUS_FREE: (0, float("inf")),
+    CapacityKind.QUOTA_SPOT_GPUS_FREE: (0, float("inf")),
     CapacityKind.AVAILABLE: (0, float("inf")),
 }
 

@@ -1,0 +1,33 @@
+"""Run every benchmark (or those named) and write JSON results to bench/results/.
+
+    .venv/bin/python -m bench.run            # all
+    .venv/bin/python -m bench.run ingest     # one
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+BENCHMARKS = {
+    "ingest": "bench.ingest",
+    "poll_cycle": "bench.poll_cycle",
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"== {name}", file=sys.stderr)
+        result = importlib.import_module(BENCHMARKS[name]).main()
+        print(json.dumps({name: result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
