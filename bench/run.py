@@ -1,7 +1,7 @@
 """Run every benchmark (or those named) and write JSON results to bench/results/.
 
-    .venv/bin/python -m bench.run            # all
-    .venv/bin/python -m bench.run ingest     # one
+.venv/bin/python -m bench.run            # all
+.venv/bin/python -m bench.run ingest     # one
 """
 
 from __future__ import annotations

@@ -31,15 +31,13 @@ MOTO_TYPES = Path(moto.__file__).parent / "ec2" / "resources" / "instance_types.
 
 # Required types that are deliberately not in the catalog: their accelerator has no
 # canonical name in arbiter.domain.accelerators, so no valid row can be written.
-NOT_IN_CATALOG = {
-    ("aws", "dl2q.24xlarge"): "Qualcomm Cloud AI 100",
-    ("aws", "g2.2xlarge"): "NVIDIA GRID K520",
-    ("aws", "g2.8xlarge"): "NVIDIA GRID K520",
-}
+NOT_IN_CATALOG: dict[tuple[str, str], str] = {}
 
 # AWS rows written from AWS's published specifications because moto's data lacks them.
 AWS_NOT_IN_MOTO = {
     "dl1.24xlarge",
+    "g2.2xlarge",
+    "g2.8xlarge",
     *(f"g3.{s}" for s in ("4xlarge", "8xlarge", "16xlarge")),
     "g3s.xlarge",
     *(f"g4ad.{s}" for s in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")),
@@ -51,6 +49,7 @@ AWS_NOT_IN_MOTO = {
 MOTO_NAMES = {
     "T4g": "T4G",
     "RTX PRO Server 6000": "RTX-PRO-6000",
+    "Qualcomm AI100": "QUALCOMM-AI100",
     "Radeon Pro V520": "RADEON-PRO-V520",
 }
 

@@ -34,12 +34,15 @@ CANONICAL: dict[str, float | None] = {
     "K80": 12,
     "M60": 8,
     "RTX-PRO-6000": 96,
+    "RTX-PRO-4500": 32,
+    "K520": 4,
     "MI300X": 192,
     "MI25": 16,
     "V620": 32,
     "V710": 24,
     "RADEON-PRO-V520": 8,
     "GAUDI": 32,
+    "QUALCOMM-AI100": 16,
     "INFERENTIA": None,
     "INFERENTIA2": 32,
     "TRAINIUM": 32,
@@ -62,6 +65,12 @@ _ALIASES = {
     "TESLA-K80": "K80",
     "TESLA-M60": "M60",
     "RTX-PRO-6000-BLACKWELL": "RTX-PRO-6000",
+    "RTX-PRO-SERVER-6000": "RTX-PRO-6000",
+    "TESLA-A100": "A100",
+    "GRID-K520": "K520",
+    "QUALCOMM-AI100": "QUALCOMM-AI100",
+    "AI100": "QUALCOMM-AI100",
+    "CLOUD-AI-100": "QUALCOMM-AI100",
     "RTXPRO6000": "RTX-PRO-6000",
     "RADEON-INSTINCT-MI25": "MI25",
     "INSTINCT-MI300X": "MI300X",
@@ -78,7 +87,7 @@ def canonical_accelerator(name: str, memory_gib: float | None = None) -> str | N
     ``A100`` with more than 60 GiB is ``A100-80GB``; a ``V100`` with 32 is ``V100-32GB``.
     """
     key = re.sub(r"[\s_]+", "-", name.strip().upper())
-    for prefix in ("NVIDIA-", "AMD-", "AWS-", "HABANA-"):
+    for prefix in ("NVIDIA-", "AMD-", "AWS-", "HABANA-", "QUALCOMM-"):
         if key.startswith(prefix):
             key = key[len(prefix) :]
     key = _ALIASES.get(key, key)
