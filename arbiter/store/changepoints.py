@@ -108,7 +108,7 @@ def record(
             )
         )
         n = len(cols)
-        for row in rows:
+        for row in rows.all():
             series = tuple(row[1 : 1 + n])
             if series in wanted:
                 newest[series] = {

@@ -133,14 +133,10 @@ class PriceRepository:
             if key not in ids
         ]
         if missing:
-            conn.execute(insert(t.offers), missing)
-            for chunk in _chunks([m["key"] for m in missing]):
-                for key, offer_id in conn.execute(
-                    select(t.offers.c.key, t.offers.c.id).where(
-                        changepoints.member_of(conn, t.offers.c.key, chunk)
-                    )
-                ):
-                    ids[key] = offer_id
+            inserted = conn.execute(
+                insert(t.offers).returning(t.offers.c.key, t.offers.c.id), missing
+            )
+            ids.update({key: offer_id for key, offer_id in inserted.all()})
         return ids
 
     def record(self, quotes: Iterable[PriceQuote]) -> IngestStats:

@@ -124,9 +124,11 @@ price_history = Table(
     Column("usd_per_hour", Float, nullable=False),
     Column("first_seen", UtcDateTime, nullable=False),
     Column("last_seen", UtcDateTime, nullable=False),
-    # "latest per offer" and time-range scans per offer.
+    # "latest per offer" and time-range scans per offer. Deliberately no index on
+    # last_seen: every poll moves last_seen on most rows, and an index on it would rule
+    # out PostgreSQL's heap-only (HOT) updates; retention scans the table instead.
     Index(None, "offer_id", "source", "first_seen"),
-    Index(None, "last_seen"),
+    postgresql_with={"fillfactor": 80},
 )
 
 capacity_signals = Table(
@@ -145,7 +147,7 @@ capacity_signals = Table(
     Column("first_seen", UtcDateTime, nullable=False),
     Column("last_seen", UtcDateTime, nullable=False),
     Index(None, "key", "source", "first_seen"),
-    Index(None, "last_seen"),
+    postgresql_with={"fillfactor": 80},
 )
 
 carbon_readings = Table(
