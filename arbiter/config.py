@@ -265,6 +265,28 @@ def _is_secret_key(key: str) -> bool:
     return any(word in key for word in ("url", "password", "secret", "token", "key"))
 
 
+_SECRET_NAMES = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+
+
+def mask_secrets(data: Any) -> Any:
+    """A copy of ``data`` with values under secret-looking keys replaced by ``***`` and
+    passwords inside URLs masked, at any depth (source options are free-form)."""
+    from arbiter.logs import mask_secrets_in_text
+
+    if isinstance(data, Mapping):
+        return {
+            k: "***"
+            if any(word in str(k).lower() for word in _SECRET_NAMES) and v is not None
+            else mask_secrets(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [mask_secrets(v) for v in data]
+    if isinstance(data, str) and "://" in data:
+        return mask_secrets_in_text(data)
+    return data
+
+
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
     import difflib
 

@@ -17,10 +17,11 @@ def config() -> None:
 def show(obj: object) -> None:
     """Validate the configuration and print the effective settings as JSON, with where
     each override came from. Passwords in URLs and secret values are masked."""
+    from arbiter.config import mask_secrets
     from arbiter.store.db import display_url
 
     loaded = obj.config  # type: ignore[attr-defined]
-    data = loaded.settings.model_dump(mode="json")
+    data = mask_secrets(loaded.settings.model_dump(mode="json"))
     data["database"]["url"] = display_url(obj.database_url())  # type: ignore[attr-defined]
     emit_json(
         {

@@ -228,3 +228,53 @@ def _leader_name(pid: int) -> str:
     import socket
 
     return f"{socket.gethostname()}:{pid}"
+
+
+def test_config_show_masks_source_secrets(user_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "arbiter.toml"
+    config.write_text(
+        '[sources.em]\nkind = "electricitymaps"\n'
+        'options = { token = "em-s3cret", base_url = "http://u:pw-s3cret@127.0.0.1/v3" }\n'
+    )
+    result = arbiter("--config", str(config), "config", "show", env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    shown = json.loads(result.stdout)["settings"]["sources"]["em"]["options"]
+    assert shown == {"token": "***", "base_url": "http://u:***@127.0.0.1/v3"}
+
+
+def test_run_on_the_embedded_default_fills_the_store_with_prices_capacity_and_carbon(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "data" / "arbiter" / "arbiter.db"
+    daemon = _start_daemon(user_env)
+    try:
+        _wait_for(lambda: _polled(db) >= 2, timeout=60)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    prices = json.loads(arbiter("prices", "--gpu", "H100", "-o", "json", env=user_env).stdout)
+    assert {"aws", "azure"} <= {p["provider"] for p in prices}
+    assert all(p["gpu"] == "H100" and p["source"] == "replay" for p in prices)
+    assert all(p["age_seconds"] >= 0 and not p["stale"] for p in prices)
+    capacity = json.loads(arbiter("capacity", "-o", "json", env=user_env).stdout)
+    assert {c["kind"] for c in capacity} == {"interruption_bucket"}
+    carbon = json.loads(arbiter("carbon", "-o", "json", env=user_env).stdout)
+    assert {"DE", "FR"} <= {c["zone"] for c in carbon}
+    assert all(c["stale"] for c in carbon), "annual factors are never shown as live data"
+    sources = json.loads(arbiter("sources", "-o", "json", env=user_env).stdout)
+    assert {s["source"]: s["health"] for s in sources} == {
+        "replay": "ok",
+        "static-carbon": "ok",
+    }
+
+
+def _polled(db: Path) -> int:
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        return sum(1 for s in Store(engine).sources.all() if s.last_success_at)
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()

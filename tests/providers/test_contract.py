@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import respx
 
 from arbiter.domain.market import (
     CapacitySignal,
@@ -155,6 +157,78 @@ def azure(stack: ExitStack, broken: bool) -> Any:
     return source
 
 
+CARBON_DATA = DATA / "carbon"
+
+
+def _recorded(path: str) -> Any:
+    return json.loads((CARBON_DATA / path).read_text(encoding="utf-8"))
+
+
+def _carbon_api(stack: ExitStack, base: str, broken: bool) -> respx.MockRouter:
+    router = stack.enter_context(respx.mock(base_url=base, assert_all_called=False))
+    if broken:
+        router.route().mock(side_effect=httpx.ConnectError("connection refused"))
+    return router
+
+
+def electricitymaps(stack: ExitStack, broken: bool) -> Any:
+    from providers.electricitymaps import build
+
+    base = "http://127.0.0.1:9911/v3"
+    api = _carbon_api(stack, base, broken)
+    api.get("/carbon-intensity/latest", params={"zone": "DE"}).respond(
+        json=_recorded("electricitymaps/v3_carbon-intensity_latest.DE.json")
+    )
+    api.get("/carbon-intensity/latest").respond(
+        404, json=_recorded("electricitymaps/v3_carbon-intensity_latest.error_no_recent_data.json")
+    )
+    return build(NAME, {"token": "em-secret", "base_url": base}, timeout=5)
+
+
+def watttime(stack: ExitStack, broken: bool) -> Any:
+    from providers.watttime import build
+
+    base = "http://127.0.0.1:9912"
+    api = _carbon_api(stack, base, broken)
+    api.get("/login").respond(json={"token": "wt-token"})
+    api.get("/v3/forecast").respond(json=_recorded("watttime/v3_historical.CAISO_NORTH.json"))
+    api.get("/v3/signal-index").respond(
+        json={
+            **_recorded("watttime/v3_signal-index.PSCO.json"),
+            "meta": {
+                **_recorded("watttime/v3_signal-index.PSCO.json")["meta"],
+                "region": "CAISO_NORTH",
+            },
+        }
+    )
+    return build(
+        NAME,
+        {
+            "username": "bot",
+            "password": "wt-secret",
+            "base_url": base,
+            "regions": {"US-CAL-CISO": "CAISO_NORTH"},
+        },
+        timeout=5,
+    )
+
+
+def ukci(stack: ExitStack, broken: bool) -> Any:
+    from providers.ukci import build
+
+    base = "http://127.0.0.1:9913"
+    api = _carbon_api(stack, base, broken)
+    api.get("/intensity").respond(json=_recorded("ukci/intensity.docs-example.json"))
+    return build(NAME, {"base_url": base}, timeout=5)
+
+
+def static_carbon(stack: ExitStack, broken: bool) -> Any:
+    from providers.static_carbon import build
+
+    assert not broken, "the static table ships with arbiter: no backend to lose"
+    return build(NAME, {}, timeout=5)
+
+
 PRICES, TYPES, CAPACITY, CARBON = "prices", "instance_types", "capacity", "carbon"
 PORT_METHODS = {
     PRICES: "fetch_prices",
@@ -169,6 +243,10 @@ IMPLEMENTATIONS: dict[str, tuple[Builder, frozenset[str], bool]] = {
     "aws": (aws, frozenset({PRICES, TYPES, CAPACITY}), True),
     "gcp": (gcp, frozenset({PRICES, TYPES, CAPACITY}), True),
     "azure": (azure, frozenset({PRICES, TYPES, CAPACITY}), True),
+    "electricitymaps": (electricitymaps, frozenset({CARBON}), True),
+    "watttime": (watttime, frozenset({CARBON}), True),
+    "ukci": (ukci, frozenset({CARBON}), True),
+    "static-carbon": (static_carbon, frozenset({CARBON}), False),
 }
 
 
@@ -237,6 +315,7 @@ def test_capacity_signals_are_labelled_and_observed_by_now(name: str, stack: Exi
 def test_carbon_covers_only_the_zones_asked_for(name: str, stack: ExitStack) -> None:
     source = make(name, stack)
     readings = source.fetch_carbon(ZONES, now=NOW)
+    assert readings, "a working carbon source answers for a zone it covers"
     assert all(isinstance(r, CarbonReading) for r in readings)
     assert {r.zone for r in readings} <= set(ZONES)
     assert all(r.source == NAME for r in readings)
