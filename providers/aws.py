@@ -88,7 +88,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
@@ -98,7 +97,6 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
 )
@@ -123,6 +121,11 @@ from arbiter.errors import (
 )
 from arbiter.logs import get_logger
 from providers.http import get_json, make_client, require, retry_after_seconds
+from providers.options import (
+    SourceOptions,
+    check_timeout,
+    https_url,
+)
 
 DEFAULT_SPOT_ADVISOR_URL = "https://spot-bid-advisor.s3.amazonaws.com/spot-advisor-data.json"
 DEFAULT_PRICING_BULK_URL = "https://pricing.us-east-1.amazonaws.com"
@@ -196,7 +199,6 @@ _HOW_TO_GIVE_CREDENTIALS = (
     "profile, ECS task role, EKS pod identity)"
 )
 
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _REGION_ID = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _INSTANCE_TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.[a-z0-9-]+$")
 
@@ -225,16 +227,6 @@ def _instance_type_name(value: str) -> str:
     return value
 
 
-def _http_url(value: str) -> str:
-    """An https URL; plain http only for a loopback server (a local fake or proxy)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an https:// URL, got {value!r}")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
-        raise ValueError(f"must use https (plain http only on 127.0.0.1/localhost): {value!r}")
-    return value.rstrip("/")
-
-
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     duplicates = sorted({value for value in values if values.count(value) > 1})
     if duplicates:
@@ -252,13 +244,11 @@ def _pricing_region(value: str) -> str:
 
 RegionIdStr = Annotated[str, AfterValidator(_region_id)]
 InstanceTypeStr = Annotated[str, AfterValidator(_instance_type_name)]
-HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+HttpUrlStr = Annotated[str, AfterValidator(https_url)]
 
 
-class AwsOptions(BaseModel):
+class AwsOptions(SourceOptions):
     """``[sources.NAME.options]`` of a source of kind ``aws``. Unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
     regions: Annotated[
         tuple[RegionIdStr, ...],
@@ -290,22 +280,6 @@ class AwsOptions(BaseModel):
     profile: Annotated[str, Field(min_length=1)] | None = None
     """A named profile of the shared AWS config; default: the standard credential chain."""
 
-    @classmethod
-    def parse(cls, name: str, options: Mapping[str, Any]) -> AwsOptions:
-        """Validate ``options``; raise ConfigError naming ``sources.NAME.options`` and the key."""
-        where = f"sources.{name}.options"
-        if not isinstance(options, Mapping):
-            raise ConfigError("expected a table of options", source=where)
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(part) for part in error["loc"]) or None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown option; known: {', '.join(cls.model_fields)}"
-            raise ConfigError(message, source=where, key=key) from None
-
 
 # -- the factory -----------------------------------------------------------------
 
@@ -313,10 +287,7 @@ class AwsOptions(BaseModel):
 def build(name: str, options: Mapping[str, Any], *, timeout: float) -> AwsSource:
     """The registry's factory for ``kind = "aws"``; raises ConfigError for bad options."""
     parsed = AwsOptions.parse(name, options)
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ConfigError(
-            "must be a positive number of seconds", source=f"sources.{name}", key="timeout"
-        )
+    check_timeout(name, timeout)
     try:
         session = boto3.session.Session(profile_name=parsed.profile)
     except botocore.exceptions.ProfileNotFound:

@@ -76,7 +76,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest, HttpResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from arbiter.domain.accelerators import CANONICAL, canonical_accelerator
 from arbiter.domain.market import (
@@ -90,6 +90,7 @@ from arbiter.domain.market import (
 )
 from arbiter.errors import AuthFailed, BadPayload, ConfigError, Throttled, Unavailable
 from providers.http import USER_AGENT, get_json, make_client, retry_after_seconds
+from providers.options import LOOPBACK_HOSTS, SourceOptions
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -102,7 +103,6 @@ GPU_SKU_FAMILIES = ("Standard_N[CDV]*",)
 MAX_PRICE_PAGES = 500
 """A region has a few thousand VM meters (1,000 per page); more pages means a loop."""
 
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _UNAVAILABLE_REASONS = frozenset({"notavailableforsubscription", "quotaid"})
 _HOW_TO_AUTHENTICATE = (
     "provide Azure credentials for DefaultAzureCredential: AZURE_TENANT_ID, "
@@ -115,10 +115,8 @@ _HOW_TO_AUTHENTICATE = (
 # -- options ---------------------------------------------------------------------
 
 
-class AzureOptions(BaseModel):
+class AzureOptions(SourceOptions):
     """``[sources.NAME.options]`` of an ``kind = "azure"`` source. Unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     regions: Annotated[tuple[str, ...], Field(min_length=1)]
     """ARM region names, e.g. ``westeurope``."""
@@ -161,7 +159,7 @@ class AzureOptions(BaseModel):
         url = urlsplit(value)
         if url.scheme not in ("https", "http") or not url.hostname:
             raise ValueError(f"expected an https:// URL, got {value!r}")
-        if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+        if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
             raise ValueError("plain http is allowed only for a loopback test server; use https")
         if url.query or url.fragment:
             raise ValueError("the URL must not carry a query or fragment")
@@ -182,18 +180,7 @@ def build(name: str, options: Mapping[str, Any], *, timeout: float) -> AzureSour
     ``sources.<name>.options`` and the key.
     """
     where = f"sources.{name}.options"
-    if not isinstance(options, Mapping):
-        raise ConfigError("expected a table of options", source=where)
-    try:
-        parsed = AzureOptions.model_validate(dict(options))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(part) for part in err["loc"]) or None
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(AzureOptions.model_fields)
-            raise ConfigError(f"unknown option; known: {known}", source=where, key=key) from None
-        message = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(message, source=where, key=key) from None
+    parsed = AzureOptions.parse(name, options)
     explicit = "credential" in parsed.model_fields_set
     if explicit and parsed.credential == "default" and parsed.subscription_id is None:
         raise ConfigError(
@@ -570,7 +557,7 @@ class AzureSource:
         endpoint = urlsplit(self.options.arm_endpoint)
         scope = f"{DEFAULT_ARM_ENDPOINT}/.default"
         kwargs: dict[str, Any] = {}
-        if endpoint.hostname in _LOOPBACK_HOSTS:
+        if endpoint.hostname in LOOPBACK_HOSTS:
             # A local fake over http: azure-core refuses to send a Bearer token to a
             # non-https URL, so swap ARM's auth policy for one that allows it. Options
             # validation makes every non-loopback endpoint https.

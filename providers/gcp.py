@@ -100,7 +100,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import compute_v1
 from google.protobuf import json_format
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from arbiter.domain.accelerators import CANONICAL, canonical_accelerator
 from arbiter.domain.market import (
@@ -115,7 +115,6 @@ from arbiter.domain.market import (
 from arbiter.errors import (
     AuthFailed,
     BadPayload,
-    ConfigError,
     ProviderError,
     Throttled,
     Unavailable,
@@ -128,6 +127,7 @@ from providers.http import (
     retry_after_seconds,
     translate_transport_errors,
 )
+from providers.options import LOOPBACK_HOSTS, SourceOptions
 
 COMPUTE_ENGINE_SERVICE = "6F81-5844-456A"
 """Compute Engine's service id in the Cloud Billing Catalog."""
@@ -168,13 +168,10 @@ _RATE_LIMIT_REASONS = frozenset(
 _PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,61}[a-z0-9]")
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _FAMILY = re.compile(r"[a-z][a-z0-9]*")
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-class GcpOptions(BaseModel):
+class GcpOptions(SourceOptions):
     """``[sources.NAME.options]`` of a ``kind = "gcp"`` source. Unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     project: str
     """Project whose quotas are read and in whose name Compute Engine is called."""
@@ -229,7 +226,7 @@ class GcpOptions(BaseModel):
             raise ValueError(
                 f"{value!r} is not an http(s) URL with a host, e.g. 'https://compute.googleapis.com'"
             )
-        if url.scheme == "http" and url.host not in _LOOPBACK:
+        if url.scheme == "http" and url.host not in LOOPBACK_HOSTS:
             # Tokens and the API key would cross the network in clear.
             raise ValueError(
                 f"{value!r} must use https (plain http only for a loopback test server)"
@@ -239,18 +236,7 @@ class GcpOptions(BaseModel):
 
 def build(name: str, options: Mapping[str, Any], *, timeout: float) -> GcpSource:
     """The registry's factory: validate ``options`` and build the source."""
-    try:
-        parsed = GcpOptions.model_validate(dict(options))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = first.get("loc") or ()
-        key = str(loc[0]) if loc else None
-        if first.get("type") == "extra_forbidden":
-            message = "unknown option"
-        else:
-            message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(message, source=f"sources.{name}.options", key=key) from exc
-    return GcpSource(name, parsed, timeout=timeout)
+    return GcpSource(name, GcpOptions.parse(name, options), timeout=timeout)
 
 
 # -- what the Compute API tells us --------------------------------------------------

@@ -10,10 +10,11 @@ the translation of HTTP failures into arbiter's exception tree.
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -118,3 +119,53 @@ def require(
             field=f"{where}.{key}" if where else key,
         )
     return value
+
+
+class BodyReader:
+    """Reads one response body; every BadPayload names the request and the field."""
+
+    def __init__(self, source: str, request: str) -> None:
+        self.source = source
+        self.request = request
+
+    def fail(self, message: str, field: str) -> NoReturn:
+        raise BadPayload(f"{self.request}: {message}", source=self.source, field=field)
+
+    @staticmethod
+    def _path(where: str, key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    def obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"expected an object, got {type(value).__name__}", where or "(body)")
+        return value
+
+    def field(self, obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+        value = obj.get(key)
+        if value is None:
+            self.fail("missing", self._path(where, key))
+        if not isinstance(value, kind) or isinstance(value, bool):
+            self.fail(
+                f"expected {kind.__name__}, got {type(value).__name__}", self._path(where, key)
+            )
+        return value
+
+    def number(self, obj: dict[str, Any], key: str, where: str = "") -> float:
+        value = obj.get(key)
+        if value is None:
+            self.fail("missing", self._path(where, key))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(f"expected a number, got {type(value).__name__}", self._path(where, key))
+        if not math.isfinite(value) or value < 0:
+            self.fail(f"expected a finite number ≥ 0, got {value!r}", self._path(where, key))
+        return float(value)
+
+    def time(self, obj: dict[str, Any], key: str, where: str = "") -> datetime:
+        text = self.field(obj, key, str, where)
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"not an ISO 8601 time: {text!r}", self._path(where, key))
+        if value.tzinfo is None:
+            self.fail(f"time without a timezone: {text!r}", self._path(where, key))
+        return value

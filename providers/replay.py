@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
 
 from arbiter.domain.market import (
     CapacityKind,
@@ -43,6 +43,7 @@ from arbiter.domain.market import (
     Provider,
 )
 from arbiter.errors import BadPayload, ConfigError
+from providers.options import SourceOptions
 
 SHIPPED_PRICES = ("aws_azure_gpu_price_changes.csv", "gcp_gpu_price_changes.csv")
 SHIPPED_ADVISOR = "aws_spot_advisor_gpu.csv"
@@ -58,9 +59,7 @@ PRICE_COLUMNS = (
 )
 
 
-class ReplayOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ReplayOptions(SourceOptions):
     price_files: tuple[Path, ...] = ()
     """Change files in the shipped format; default: the shipped recordings."""
     advisor_file: Path | None = None
@@ -287,13 +286,8 @@ def _read(path: Path | None, default: Any, *, option: str, name: str) -> tuple[s
 
 
 def build(name: str, options: Mapping[str, Any], *, timeout: float) -> ReplaySource:
-    try:
-        opts = ReplayOptions.model_validate(dict(options))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(
-            err["msg"], source=f"sources.{name}.options", key=".".join(str(p) for p in err["loc"])
-        ) from None
+    """The registry's factory for ``kind = "replay"``; raises ConfigError for bad options."""
+    opts = ReplayOptions.parse(name, options)
     if opts.end <= opts.start:
         raise ConfigError("must be after start", source=f"sources.{name}.options", key="end")
     price_texts = (

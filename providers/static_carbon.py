@@ -39,10 +39,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from arbiter.domain.market import CarbonBasis, CarbonReading, CarbonUnit
 from arbiter.errors import CatalogError, ConfigError
+from providers.options import (
+    SourceOptions,
+)
 
 SHIPPED = "arbiter/data/carbon_static.csv"
 COLUMNS = ("zone", "gco2_per_kwh", "basis", "year", "source")
@@ -52,29 +55,11 @@ _ZONE = re.compile(r"[A-Z]{2}(-[A-Z0-9]+)*")
 """A grid zone key, as the region catalog's ``grid_zone`` column writes it."""
 
 
-class StaticCarbonOptions(BaseModel):
+class StaticCarbonOptions(SourceOptions):
     """``[sources.NAME.options]`` of a source of kind ``static-carbon``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     file: Path | None = None
     """A replacement table in the shipped format; default: the shipped table."""
-
-    @classmethod
-    def parse(cls, name: str, options: Mapping[str, Any]) -> StaticCarbonOptions:
-        """Validate ``options``; raise ConfigError naming ``sources.NAME.options`` and the key."""
-        where = f"sources.{name}.options"
-        if not isinstance(options, Mapping):
-            raise ConfigError("expected a table of options", source=where)
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(part) for part in error["loc"]) or None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown option; known: {', '.join(cls.model_fields)}"
-            raise ConfigError(message, source=where, key=key) from None
 
 
 def build(name: str, options: Mapping[str, Any], *, timeout: float) -> StaticCarbonSource:

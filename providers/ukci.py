@@ -30,60 +30,32 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, ValidationError
 
 from arbiter.domain.market import CarbonBasis, CarbonReading, CarbonUnit
-from arbiter.errors import BadPayload, ConfigError
+from arbiter.errors import BadPayload
 from providers.http import get_json, make_client
+from providers.options import (
+    SourceOptions,
+    check_timeout,
+    https_url,
+)
 
 DEFAULT_BASE_URL = "https://api.carbonintensity.org.uk"
 ZONE = "GB"
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def _http_url(value: str) -> str:
-    """An https URL; plain http only for a loopback server (a local fake or proxy)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an https:// URL, got {value!r}")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
-        raise ValueError(f"must use https (plain http only on 127.0.0.1/localhost): {value!r}")
-    return value.rstrip("/")
-
-
-class UkCarbonIntensityOptions(BaseModel):
+class UkCarbonIntensityOptions(SourceOptions):
     """``[sources.NAME.options]`` of a source of kind ``ukci``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-    base_url: Annotated[str, AfterValidator(_http_url)] = DEFAULT_BASE_URL
-
-    @classmethod
-    def parse(cls, name: str, options: Mapping[str, Any]) -> UkCarbonIntensityOptions:
-        """Validate ``options``; raise ConfigError naming ``sources.NAME.options`` and the key."""
-        where = f"sources.{name}.options"
-        if not isinstance(options, Mapping):
-            raise ConfigError("expected a table of options", source=where)
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(part) for part in error["loc"]) or None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown option; known: {', '.join(cls.model_fields)}"
-            raise ConfigError(message, source=where, key=key) from None
+    base_url: Annotated[str, AfterValidator(https_url)] = DEFAULT_BASE_URL
 
 
 def build(name: str, options: Mapping[str, Any], *, timeout: float) -> UkCarbonIntensitySource:
     """The registry's factory for ``kind = "ukci"``. Makes no network call."""
     parsed = UkCarbonIntensityOptions.parse(name, options)
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ConfigError(
-            "must be a positive number of seconds", source=f"sources.{name}", key="timeout"
-        )
+    check_timeout(name, timeout)
     return UkCarbonIntensitySource(name, parsed, timeout=timeout)
 
 

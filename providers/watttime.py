@@ -36,19 +36,15 @@ retried here; the poller retries temporary errors.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
+from typing import Annotated, Any
 
 import httpx
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -57,8 +53,14 @@ from pydantic import (
 )
 
 from arbiter.domain.market import CarbonBasis, CarbonReading, CarbonUnit
-from arbiter.errors import AuthFailed, BadPayload, ConfigError
-from providers.http import check_response, make_client, translate_transport_errors
+from arbiter.errors import AuthFailed, BadPayload
+from providers.http import BodyReader, check_response, make_client, translate_transport_errors
+from providers.options import (
+    SourceOptions,
+    check_timeout,
+    https_url,
+    not_blank,
+)
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
 LBS_PER_MWH_TO_G_PER_KWH = 0.453592
@@ -66,25 +68,8 @@ LBS_PER_MWH_TO_G_PER_KWH = 0.453592
 _MOER_UNITS = {"lbs_co2_per_mwh": LBS_PER_MWH_TO_G_PER_KWH}
 _INDEX_UNITS = frozenset({"percentile"})
 _SIGNAL = "co2_moer"
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _ZONE = re.compile(r"[A-Z]{2}(-[A-Z0-9]+)*")
 _REGION = re.compile(r"[A-Za-z0-9_]+")
-
-
-def _http_url(value: str) -> str:
-    """An https URL; plain http only for a loopback server (a local fake or proxy)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an https:// URL, got {value!r}")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
-        raise ValueError(f"must use https (plain http only on 127.0.0.1/localhost): {value!r}")
-    return value.rstrip("/")
-
-
-def _not_blank(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value().strip():
-        raise ValueError("must not be empty")
-    return value
 
 
 def _regions(value: dict[str, str]) -> dict[str, str]:
@@ -96,17 +81,15 @@ def _regions(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-class WattTimeOptions(BaseModel):
+class WattTimeOptions(SourceOptions):
     """``[sources.NAME.options]`` of a source of kind ``watttime``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
     username: Annotated[str, Field(min_length=1)]
-    password: Annotated[SecretStr, AfterValidator(_not_blank)]
+    password: Annotated[SecretStr, AfterValidator(not_blank)]
     """Sent only to ``/login`` (HTTP Basic). Never logged."""
     regions: Annotated[dict[str, str], Field(min_length=1), AfterValidator(_regions)]
     """Grid zone → WattTime region code, e.g. ``{"US-CAL-CISO": "CAISO_NORTH"}``."""
-    base_url: Annotated[str, AfterValidator(_http_url)] = DEFAULT_BASE_URL
+    base_url: Annotated[str, AfterValidator(https_url)] = DEFAULT_BASE_URL
     moer: bool = True
     """Fetch the current MOER in g/kWh (needs a plan covering the region)."""
     signal_index: bool = True
@@ -119,31 +102,11 @@ class WattTimeOptions(BaseModel):
             raise ValueError("moer and signal_index are both false: nothing to fetch")
         return value
 
-    @classmethod
-    def parse(cls, name: str, options: Mapping[str, Any]) -> WattTimeOptions:
-        """Validate ``options``; raise ConfigError naming ``sources.NAME.options`` and the key."""
-        where = f"sources.{name}.options"
-        if not isinstance(options, Mapping):
-            raise ConfigError("expected a table of options", source=where)
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(part) for part in error["loc"]) or None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown option; known: {', '.join(cls.model_fields)}"
-            # ``from None``: the pydantic error would repeat the input, maybe a secret.
-            raise ConfigError(message, source=where, key=key) from None
-
 
 def build(name: str, options: Mapping[str, Any], *, timeout: float) -> WattTimeSource:
     """The registry's factory for ``kind = "watttime"``. Makes no network call."""
     parsed = WattTimeOptions.parse(name, options)
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ConfigError(
-            "must be a positive number of seconds", source=f"sources.{name}", key="timeout"
-        )
+    check_timeout(name, timeout)
     return WattTimeSource(name, parsed, timeout=timeout)
 
 
@@ -258,54 +221,8 @@ def _json(response: httpx.Response, source: str, path: str) -> Any:
         raise BadPayload(f"GET {path}: body is not JSON", source=source) from exc
 
 
-class _Body:
-    """Reads one response body; every BadPayload names the request and the field."""
-
-    def __init__(self, source: str, request: str) -> None:
-        self.source = source
-        self.request = request
-
-    def fail(self, message: str, field: str) -> NoReturn:
-        raise BadPayload(f"{self.request}: {message}", source=self.source, field=field)
-
-    @staticmethod
-    def _path(where: str, key: str) -> str:
-        return f"{where}.{key}" if where else key
-
-    def obj(self, value: Any, where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(f"expected an object, got {type(value).__name__}", where or "(body)")
-        return value
-
-    def field(self, obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
-        value = obj.get(key)
-        if value is None:
-            self.fail("missing", self._path(where, key))
-        if not isinstance(value, kind) or isinstance(value, bool):
-            self.fail(
-                f"expected {kind.__name__}, got {type(value).__name__}", self._path(where, key)
-            )
-        return value
-
-    def number(self, obj: dict[str, Any], key: str, where: str = "") -> float:
-        value = obj.get(key)
-        if value is None:
-            self.fail("missing", self._path(where, key))
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(f"expected a number, got {type(value).__name__}", self._path(where, key))
-        if not math.isfinite(value) or value < 0:
-            self.fail(f"expected a finite number ≥ 0, got {value!r}", self._path(where, key))
-        return float(value)
-
-    def time(self, obj: dict[str, Any], key: str, where: str = "") -> datetime:
-        text = self.field(obj, key, str, where)
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"not an ISO 8601 time: {text!r}", self._path(where, key))
-        if value.tzinfo is None:
-            self.fail(f"time without a timezone: {text!r}", self._path(where, key))
-        return value
+class _Body(BodyReader):
+    """Reads one WattTime response body."""
 
     def first_point(self, body: Any, region: str) -> tuple[dict[str, Any], str]:
         """``data[0]`` and ``meta.units`` of a v3 signal body, after checking ``meta``."""

@@ -1,0 +1,65 @@
+"""What every source's options share: a closed pydantic model whose errors name
+``sources.NAME.options`` and the key, URL and secret validators, the timeout check."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, ValidationError
+
+from arbiter.errors import ConfigError
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def https_url(value: str) -> str:
+    """An https URL; plain http only for a loopback server (a local fake or proxy)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an https:// URL, got {value!r}")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"must use https (plain http only on 127.0.0.1/localhost): {value!r}")
+    return value.rstrip("/")
+
+
+HttpsUrl = Annotated[str, AfterValidator(https_url)]
+
+
+def not_blank(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class SourceOptions(BaseModel):
+    """Base of every ``[sources.NAME.options]`` model: closed and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @classmethod
+    def parse(cls, name: str, options: Mapping[str, Any]) -> Self:
+        """Validate ``options``; raise ConfigError naming ``sources.NAME.options`` and the key."""
+        where = f"sources.{name}.options"
+        if not isinstance(options, Mapping):
+            raise ConfigError("expected a table of options", source=where)
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(part) for part in error["loc"]) or None
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = f"unknown option; known: {', '.join(cls.model_fields)}"
+            # ``from None``: the pydantic error would repeat the input, maybe a secret.
+            raise ConfigError(message, source=where, key=key) from None
+
+
+def check_timeout(name: str, timeout: float) -> float:
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ConfigError(
+            "must be a positive number of seconds", source=f"sources.{name}", key="timeout"
+        )
+    return timeout
