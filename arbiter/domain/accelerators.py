@@ -99,3 +99,47 @@ def canonical_accelerator(name: str, memory_gib: float | None = None) -> str | N
         if key == "V100" and memory_gib > 24:
             return "V100-32GB"
     return key
+
+
+# Board power of one accelerator at typical inference load, in kW (vendor TDP figures,
+# rounded). Used to turn grid carbon intensity into grams per hour; host power and the
+# data centre's PUE are added by the caller.
+POWER_KW: dict[str, float] = {
+    "B200": 1.0,
+    "B300": 1.1,
+    "GB200": 1.2,
+    "H200": 0.7,
+    "H100": 0.7,
+    "H100-NVL": 0.4,
+    "A100": 0.4,
+    "A100-80GB": 0.4,
+    "L40S": 0.35,
+    "L4": 0.072,
+    "A10G": 0.15,
+    "A10": 0.15,
+    "T4": 0.07,
+    "T4G": 0.07,
+    "V100": 0.3,
+    "V100-32GB": 0.3,
+    "P100": 0.25,
+    "P4": 0.075,
+    "P40": 0.25,
+    "K80": 0.3,
+    "M60": 0.3,
+    "K520": 0.225,
+    "RTX-PRO-6000": 0.6,
+    "RTX-PRO-4500": 0.2,
+    "MI300X": 0.75,
+    "MI25": 0.3,
+    "V620": 0.3,
+    "V710": 0.16,
+    "RADEON-PRO-V520": 0.225,
+    "GAUDI": 0.35,
+    "QUALCOMM-AI100": 0.075,
+    "INFERENTIA": 0.05,
+    "INFERENTIA2": 0.13,
+    "TRAINIUM": 0.2,
+    "TRAINIUM2": 0.5,
+    "TPU": 0.3,
+}
+DEFAULT_POWER_KW = 0.3

@@ -70,9 +70,7 @@ class Latency(Value):
     p95_ms_max: Annotated[Finite, Field(gt=0)]
     from_locations: tuple[str, ...] = Field(default=(), alias="from")
     """User location names of the workload; empty means all of them."""
-    measured_ms: dict[str, dict[str, Annotated[Finite, Field(ge=0)]]] = Field(
-        default_factory=dict
-    )
+    measured_ms: dict[str, dict[str, Annotated[Finite, Field(ge=0)]]] = Field(default_factory=dict)
     """Measured RTTs: ``{region key: {user location: ms}}``; estimated where absent."""
 
 
@@ -94,7 +92,9 @@ class Constraint(Value):
 
     @model_validator(mode="after")
     def _exactly_one_body(self) -> Constraint:
-        bodies = [k for k in ("sovereignty", "accelerator", "latency", "carbon") if getattr(self, k)]
+        bodies = [
+            k for k in ("sovereignty", "accelerator", "latency", "carbon") if getattr(self, k)
+        ]
         if len(bodies) != 1:
             raise ValueError(
                 "a constraint has exactly one of sovereignty, accelerator, latency, carbon; "

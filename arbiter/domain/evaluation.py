@@ -1,0 +1,471 @@
+"""Evaluating policies on (workload, offer) pairs: every rule, every candidate, no
+short-circuit, so an explanation lists all the reasons an offer was excluded.
+
+Rules split by what they depend on, which keeps evaluation fast at scale and the
+explanation and the solver's candidate set identical by construction:
+
+* **region rules** — sovereignty (fail closed on unknown jurisdiction or uncovered
+  data class), latency, carbon cap;
+* **type rules** — the workload's accepted GPU models and GPUs per replica, the
+  policy's accelerator constraint;
+* **offer rules** — spot allowed, price data fresh.
+
+A verdict of ``error`` (stale or missing data) never counts as a pass: an enforcing rule
+then excludes the offer. ``audit`` rules are reported and never exclude.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+
+from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW
+from arbiter.domain.decisions import Candidate, RuleMode, RuleVerdict, Verdict
+from arbiter.domain.market import Market
+from arbiter.domain.policy import (
+    Budget,
+    Constraint,
+    Objective,
+    Policy,
+    Redundancy,
+    RuleException,
+    Spot,
+)
+from arbiter.domain.regions import Region, RegionCatalog, great_circle_km
+from arbiter.domain.snapshot import MarketSnapshot, OfferState, ZoneCarbon
+from arbiter.domain.workloads import InterruptionTolerance, UserLocation, Workload
+
+PUE = 1.15
+"""Power usage effectiveness assumed for hyperscale data centres (published ~1.1-1.2)."""
+RTT_BASE_MS = 5.0
+RTT_KM_PER_MS = 60.0
+"""p95 round trip ≈ 5 ms + 1 ms per 60 km of great-circle distance (fibre at ~2/3 c on
+routes ~1.5× longer than the great circle, both ways, plus queueing)."""
+
+# Rule ids of the checks that come from the workload itself or from the data.
+WORKLOAD_GPU = "workload-gpu"
+WORKLOAD_LATENCY = "workload-latency-slo"
+WORKLOAD_INTERRUPTION = "workload-interruption-tolerance"
+POLICY_SPOT = "policy-spot"
+FRESH_PRICE = "fresh-price"
+DATA_CLASS_COVERED = "data-class-covered"
+
+
+def estimate_rtt_ms(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    return RTT_BASE_MS + great_circle_km(lat1, lon1, lat2, lon2) / RTT_KM_PER_MS
+
+
+@dataclass(frozen=True)
+class PolicyBook:
+    """Loaded policies and where each rule is written (``rule id -> file:line``)."""
+
+    policies: tuple[Policy, ...]
+    rule_origins: Mapping[str, str] = field(default_factory=dict)
+    policy_origins: Mapping[str, str] = field(default_factory=dict)
+
+    def applicable(self, workload: Workload) -> tuple[Policy, ...]:
+        return tuple(
+            p
+            for p in self.policies
+            if p.select.matches(workload.name, workload.labels, workload.data_class)
+        )
+
+    def terms(self, workload: Workload) -> Terms:
+        policies = self.applicable(workload)
+        constraints = tuple(c for p in policies for c in p.constraints)
+        objective = next((p.objective for p in policies if p.objective), None) or Objective()
+        redundancy = next((p.redundancy for p in policies if p.redundancy), None) or Redundancy()
+        spot = next((p.capacity.spot for p in policies if p.capacity), None) or Spot()
+        budget = next(((p.metadata.name, p.budget) for p in policies if p.budget), None)
+        exceptions = {
+            e.rule: e for p in policies for e in p.exceptions if workload.name in e.workloads
+        }
+        return Terms(
+            policies=tuple(p.metadata.name for p in policies),
+            constraints=constraints,
+            objective=objective,
+            redundancy=redundancy,
+            spot=spot,
+            budget=budget,
+            exceptions=exceptions,
+            origins=self.rule_origins,
+        )
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Everything the applicable policies say about one workload, merged: constraints
+    intersect; objective, redundancy, spot policy and budget come from the one policy
+    that sets them."""
+
+    policies: tuple[str, ...]
+    constraints: tuple[Constraint, ...]
+    objective: Objective
+    redundancy: Redundancy
+    spot: Spot
+    budget: tuple[str, Budget] | None
+    exceptions: Mapping[str, RuleException]
+    origins: Mapping[str, str]
+
+
+def _verdict(
+    rule_id: str,
+    verdict: Verdict,
+    reason: str,
+    *,
+    mode: RuleMode = RuleMode.ENFORCE,
+    origin: str = "",
+) -> RuleVerdict:
+    return RuleVerdict(rule_id=rule_id, verdict=verdict, mode=mode, reason=reason, origin=origin)
+
+
+class WorkloadEvaluator:
+    """Evaluates every rule for one workload; caches per region and per instance shape."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        terms: Terms,
+        snapshot: MarketSnapshot,
+        catalog: RegionCatalog,
+        now: datetime,
+    ):
+        self.workload = workload
+        self.terms = terms
+        self.snapshot = snapshot
+        self.catalog = catalog
+        self.now = now
+        self._carbon = snapshot.carbon_by_zone()
+        self._region_cache: dict[str, tuple[RuleVerdict, ...]] = {}
+        self._type_cache: dict[tuple[str | None, float, float | None], tuple[RuleVerdict, ...]] = {}
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _rule(self, constraint: Constraint, verdict: Verdict, reason: str) -> RuleVerdict:
+        exception = self.terms.exceptions.get(constraint.id)
+        if (
+            exception is not None
+            and constraint.sovereignty is None
+            and verdict is not Verdict.PASS
+            and exception.expires >= self.now.date()
+        ):
+            verdict = Verdict.PASS
+            reason = f"exempt until {exception.expires}: {exception.reason} (was: {reason})"
+        return _verdict(
+            constraint.id,
+            verdict,
+            reason,
+            mode=constraint.mode,
+            origin=self.terms.origins.get(constraint.id, ""),
+        )
+
+    @cached_property
+    def sovereignty_rules(self) -> tuple[Constraint, ...]:
+        return tuple(
+            c
+            for c in self.terms.constraints
+            if c.sovereignty is not None and self.workload.data_class in c.sovereignty.data_classes
+        )
+
+    def zone_carbon(self, region: Region | None) -> ZoneCarbon | None:
+        return None if region is None else self._carbon.get(region.grid_zone)
+
+    # -- region rules ----------------------------------------------------------------
+
+    def region_verdicts(self, provider: str, region_id: str) -> tuple[RuleVerdict, ...]:
+        key = f"{provider}:{region_id}"
+        cached = self._region_cache.get(key)
+        if cached is None:
+            cached = self._region_cache[key] = self._evaluate_region(provider, region_id)
+        return cached
+
+    def _evaluate_region(self, provider: str, region_id: str) -> tuple[RuleVerdict, ...]:
+        region = self.catalog.get(provider, region_id)
+        key = f"{provider}:{region_id}"
+        out: list[RuleVerdict] = []
+        if not self.sovereignty_rules:
+            out.append(
+                _verdict(
+                    DATA_CLASS_COVERED,
+                    Verdict.ERROR,
+                    f"no sovereignty rule covers data class {self.workload.data_class!r} "
+                    "(fail closed)",
+                )
+            )
+        for c in self.terms.constraints:
+            if c.sovereignty is not None:
+                if self.workload.data_class not in c.sovereignty.data_classes:
+                    continue
+                s = c.sovereignty
+                if region is None:
+                    out.append(
+                        self._rule(
+                            c,
+                            Verdict.FAIL,
+                            f"{key}: unknown jurisdiction (region not in the catalog)",
+                        )
+                    )
+                elif key in s.exclude_regions:
+                    out.append(self._rule(c, Verdict.FAIL, f"{key} is excluded by name"))
+                elif provider in s.exclude_providers:
+                    out.append(self._rule(c, Verdict.FAIL, f"provider {provider} is excluded"))
+                elif region.jurisdictions.isdisjoint(s.jurisdictions):
+                    out.append(
+                        self._rule(
+                            c,
+                            Verdict.FAIL,
+                            f"{key} is in {region.country}; allowed: {', '.join(s.jurisdictions)}",
+                        )
+                    )
+                else:
+                    out.append(self._rule(c, Verdict.PASS, f"{key} is in {region.country}"))
+            elif c.latency is not None:
+                out.append(self._latency(c, region, key))
+            elif c.carbon is not None:
+                zc = self.zone_carbon(region)
+                if region is None:
+                    out.append(self._rule(c, Verdict.ERROR, f"{key}: region unknown, no grid zone"))
+                elif zc is None:
+                    out.append(
+                        self._rule(c, Verdict.ERROR, f"no carbon data for zone {region.grid_zone}")
+                    )
+                elif zc.stale:
+                    out.append(
+                        self._rule(
+                            c,
+                            Verdict.ERROR,
+                            f"carbon data for {zc.zone} is stale "
+                            f"(valid {zc.valid_at:%Y-%m-%d %H:%MZ}, {zc.source})",
+                        )
+                    )
+                elif zc.gco2_per_kwh > c.carbon.max_gco2_per_kwh:
+                    out.append(
+                        self._rule(
+                            c,
+                            Verdict.FAIL,
+                            f"{zc.zone} {zc.gco2_per_kwh:.0f} g/kWh > "
+                            f"{c.carbon.max_gco2_per_kwh:.0f}",
+                        )
+                    )
+                else:
+                    out.append(
+                        self._rule(c, Verdict.PASS, f"{zc.zone} {zc.gco2_per_kwh:.0f} g/kWh")
+                    )
+        if self.workload.latency_slo_ms is not None and self.workload.user_locations:
+            worst = self._worst_rtt(region, self.workload.user_locations, {})
+            if worst is None:
+                out.append(_verdict(WORKLOAD_LATENCY, Verdict.ERROR, f"{key}: region unknown"))
+            elif worst[1] > self.workload.latency_slo_ms:
+                out.append(
+                    _verdict(
+                        WORKLOAD_LATENCY,
+                        Verdict.FAIL,
+                        f"{worst[1]:.0f} ms from {worst[0]} > "
+                        f"SLO {self.workload.latency_slo_ms:.0f} ms",
+                    )
+                )
+            else:
+                out.append(_verdict(WORKLOAD_LATENCY, Verdict.PASS, f"≤ {worst[1]:.0f} ms"))
+        return tuple(out)
+
+    def _worst_rtt(
+        self,
+        region: Region | None,
+        locations: Sequence[UserLocation],
+        measured: Mapping[str, float],
+    ) -> tuple[str, float] | None:
+        if region is None:
+            return None
+        worst: tuple[str, float] = ("", 0.0)
+        for loc in locations:
+            name = loc.name
+            ms = measured.get(name)
+            if ms is None:
+                ms = estimate_rtt_ms(loc.latitude, loc.longitude, region.latitude, region.longitude)
+            if ms > worst[1]:
+                worst = (name, ms)
+        return worst
+
+    def _latency(self, c: Constraint, region: Region | None, key: str) -> RuleVerdict:
+        assert c.latency is not None
+        names = set(c.latency.from_locations)
+        locations = [u for u in self.workload.user_locations if not names or u.name in names]
+        if not locations:
+            return self._rule(
+                c,
+                Verdict.ERROR,
+                "the workload has none of the user locations "
+                f"{', '.join(sorted(names)) or '(any)'}",
+            )
+        worst = self._worst_rtt(region, locations, c.latency.measured_ms.get(key, {}))
+        if worst is None:
+            return self._rule(c, Verdict.ERROR, f"{key}: region unknown, latency unknown")
+        name, ms = worst
+        if ms > c.latency.p95_ms_max:
+            return self._rule(
+                c, Verdict.FAIL, f"{ms:.0f} ms from {name} > {c.latency.p95_ms_max:.0f} ms"
+            )
+        return self._rule(c, Verdict.PASS, f"{ms:.0f} ms from {name}")
+
+    # -- type rules ------------------------------------------------------------------
+
+    def replicas_per_instance(self, accelerator_count: float) -> int:
+        if accelerator_count < self.workload.gpus_per_replica:
+            return 0
+        return math.floor(accelerator_count / self.workload.gpus_per_replica + 1e-9)
+
+    def type_verdicts(
+        self, accelerator: str | None, count: float, memory: float | None
+    ) -> tuple[RuleVerdict, ...]:
+        key = (accelerator, count, memory)
+        cached = self._type_cache.get(key)
+        if cached is None:
+            cached = self._type_cache[key] = self._evaluate_type(accelerator, count, memory)
+        return cached
+
+    def _evaluate_type(
+        self, accelerator: str | None, count: float, memory: float | None
+    ) -> tuple[RuleVerdict, ...]:
+        out: list[RuleVerdict] = []
+        gpr = self.workload.gpus_per_replica
+        if accelerator is None:
+            out.append(_verdict(WORKLOAD_GPU, Verdict.ERROR, "instance type unknown: no GPU data"))
+        elif self.workload.throughput_on(accelerator) is None:
+            accepted = ", ".join(o.model for o in self.workload.gpu_options)
+            out.append(_verdict(WORKLOAD_GPU, Verdict.FAIL, f"{accelerator} not in {accepted}"))
+        elif self.replicas_per_instance(count) < 1:
+            out.append(
+                _verdict(
+                    WORKLOAD_GPU, Verdict.FAIL, f"{count:g}× {accelerator} < {gpr} per replica"
+                )
+            )
+        else:
+            out.append(_verdict(WORKLOAD_GPU, Verdict.PASS, f"{count:g}× {accelerator}"))
+        for c in self.terms.constraints:
+            if c.accelerator is None:
+                continue
+            a = c.accelerator
+            if accelerator is None:
+                out.append(self._rule(c, Verdict.ERROR, "accelerator unknown"))
+            elif accelerator not in a.any_of:
+                out.append(
+                    self._rule(c, Verdict.FAIL, f"{accelerator} not in {', '.join(a.any_of)}")
+                )
+            elif a.per_replica is not None and a.per_replica != gpr:
+                out.append(
+                    self._rule(
+                        c,
+                        Verdict.FAIL,
+                        f"workload uses {gpr} per replica; rule needs {a.per_replica}",
+                    )
+                )
+            elif a.min_memory_gib is not None and (memory is None or memory < a.min_memory_gib):
+                out.append(
+                    self._rule(
+                        c,
+                        Verdict.FAIL if memory is not None else Verdict.ERROR,
+                        f"{memory or '?'} GiB < {a.min_memory_gib:g} GiB",
+                    )
+                )
+            else:
+                out.append(self._rule(c, Verdict.PASS, accelerator))
+        return tuple(out)
+
+    # -- offer rules -----------------------------------------------------------------
+
+    def spot_allowed(self) -> tuple[bool, str]:
+        if not self.terms.spot.allowed:
+            return False, "the policy does not allow spot"
+        if self.terms.spot.max_share <= 0:
+            return False, "the policy's spot share is 0"
+        if self.workload.interruption_tolerance is InterruptionTolerance.NONE:
+            return False, "the workload tolerates no interruption"
+        return True, "spot allowed"
+
+    def offer_verdicts(self, state: OfferState) -> tuple[RuleVerdict, ...]:
+        out: list[RuleVerdict] = []
+        if state.offer.market is Market.SPOT:
+            ok, why = self.spot_allowed()
+            rule = POLICY_SPOT if "policy" in why else WORKLOAD_INTERRUPTION
+            out.append(_verdict(rule, Verdict.PASS if ok else Verdict.FAIL, why))
+        if state.stale:
+            out.append(
+                _verdict(
+                    FRESH_PRICE, Verdict.ERROR, f"price last seen {state.seen_at:%Y-%m-%d %H:%MZ}"
+                )
+            )
+        else:
+            out.append(_verdict(FRESH_PRICE, Verdict.PASS, "fresh"))
+        return tuple(out)
+
+    # -- all of it -------------------------------------------------------------------
+
+    def verdicts(self, state: OfferState) -> tuple[RuleVerdict, ...]:
+        o = state.offer
+        return (
+            self.region_verdicts(o.provider.value, o.region)
+            + self.type_verdicts(
+                state.accelerator, state.accelerator_count, state.accelerator_memory_gib
+            )
+            + self.offer_verdicts(state)
+        )
+
+    def cost(self, state: OfferState) -> Cost | None:
+        """Effective cost of one replica on this offer, or None if it cannot host one."""
+        per_instance = self.replicas_per_instance(state.accelerator_count)
+        throughput = self.workload.throughput_on(state.accelerator) if state.accelerator else None
+        if per_instance < 1 or throughput is None:
+            return None
+        price = state.usd_per_hour / per_instance
+        region = self.catalog.get(state.offer.provider.value, state.offer.region)
+        zc = self.zone_carbon(region)
+        power_kw = POWER_KW.get(state.accelerator or "", DEFAULT_POWER_KW)
+        grams = (
+            self.workload.gpus_per_replica * power_kw * PUE * zc.gco2_per_kwh
+            if zc is not None
+            else None
+        )
+        carbon_usd = (grams or 0.0) / 1e6 * self.terms.objective.carbon_price_usd_per_tonne
+        risk = 0.0
+        if state.offer.market is Market.SPOT:
+            bucket = 2.0 if state.interruption_bucket is None else state.interruption_bucket
+            risk = price * self.terms.objective.interruption_premium * bucket / 4
+        return Cost(
+            usd_per_hour=price,
+            carbon_usd_per_hour=carbon_usd,
+            risk_usd_per_hour=risk,
+            carbon_g_per_hour=grams,
+            tokens_per_second=throughput,
+        )
+
+    def candidates(self) -> tuple[Candidate, ...]:
+        """Every offer of the snapshot with every rule's verdict on it."""
+        out = []
+        for state in self.snapshot.offers:
+            cost = self.cost(state)
+            out.append(
+                Candidate(
+                    offer=state.offer,
+                    verdicts=self.verdicts(state),
+                    effective_usd_per_hour=cost.effective if cost else None,
+                )
+            )
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One replica on one offer, per hour."""
+
+    usd_per_hour: float
+    carbon_usd_per_hour: float
+    risk_usd_per_hour: float
+    carbon_g_per_hour: float | None
+    tokens_per_second: float
+
+    @property
+    def effective(self) -> float:
+        return self.usd_per_hour + self.carbon_usd_per_hour + self.risk_usd_per_hour

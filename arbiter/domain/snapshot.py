@@ -1,0 +1,69 @@
+"""A market snapshot: the newest price, capacity and carbon data as one immutable
+value with an id, so a decision can always say what it was made on.
+
+Stale data is carried *marked stale*, never dropped silently and never presented as
+fresh: rules that need fresh data answer ``error`` on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from pydantic import Field
+
+from arbiter.domain.market import CarbonBasis, Offer
+from arbiter.domain.values import Finite, UtcDatetime, Value
+
+
+class OfferState(Value):
+    """What is known about one offer at snapshot time."""
+
+    offer: Offer
+    usd_per_hour: Annotated[Finite, Field(ge=0)]
+    seen_at: UtcDatetime
+    stale: bool = False
+    accelerator: str | None = None
+    accelerator_count: Annotated[Finite, Field(ge=0)] = 0
+    accelerator_memory_gib: Annotated[Finite, Field(gt=0)] | None = None
+    interruption_bucket: Annotated[Finite, Field(ge=0, le=4)] | None = None
+    """AWS Spot Advisor bucket 0 (<5 %) … 4 (>20 %); None when unknown."""
+    placement_score: Annotated[Finite, Field(ge=1, le=10)] | None = None
+    capacity_gpus: Annotated[Finite, Field(ge=0)] | None = None
+    """GPUs obtainable (quota or availability) for this offer's market; None = unknown."""
+
+
+class ZoneCarbon(Value):
+    """The carbon intensity used for a grid zone."""
+
+    zone: str
+    gco2_per_kwh: Annotated[Finite, Field(ge=0)]
+    basis: CarbonBasis
+    valid_at: UtcDatetime
+    source: str
+    stale: bool = False
+
+
+class MarketSnapshot(Value):
+    id: str
+    taken_at: UtcDatetime
+    offers: tuple[OfferState, ...]
+    carbon: tuple[ZoneCarbon, ...] = ()
+
+    @staticmethod
+    def make(
+        *, taken_at: object, offers: tuple[OfferState, ...], carbon: tuple[ZoneCarbon, ...]
+    ) -> MarketSnapshot:
+        """Build a snapshot whose id is a hash of its content (same data, same id)."""
+        body = {
+            "offers": [o.model_dump(mode="json") for o in offers],
+            "carbon": [c.model_dump(mode="json") for c in carbon],
+        }
+        digest = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()[:16]
+        return MarketSnapshot(id=digest, taken_at=taken_at, offers=offers, carbon=carbon)  # type: ignore[arg-type]
+
+    def carbon_by_zone(self) -> dict[str, ZoneCarbon]:
+        return {c.zone: c for c in self.carbon}
