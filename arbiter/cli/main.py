@@ -117,7 +117,7 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None) -
 
 
 def _register() -> None:
-    from arbiter.cli import config_cmd, db, market, poll, regions, run
+    from arbiter.cli import config_cmd, db, market, poll, regions, run, snapshot
 
     cli.add_command(run.run)
     cli.add_command(poll.poll)
@@ -127,6 +127,7 @@ def _register() -> None:
     cli.add_command(market.capacity)
     cli.add_command(market.carbon)
     cli.add_command(market.sources)
+    cli.add_command(snapshot.snapshot)
     cli.add_command(config_cmd.config)
 
 

@@ -1,0 +1,124 @@
+"""Market snapshots built from the store: newest data, stale marked, ids by content."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from arbiter.domain.market import (
+    CapacityKind,
+    CapacitySignal,
+    CarbonReading,
+    InstanceType,
+    Offer,
+    PriceQuote,
+)
+from arbiter.domain.snapshot import MarketSnapshot
+from arbiter.snapshots import build_snapshot
+from arbiter.store.repositories import Store
+
+NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+SPOT = Offer(provider="aws", region="us-east-1", instance_type="p5.48xlarge", market="spot")
+ON_DEMAND = Offer(
+    provider="aws", region="us-east-1", instance_type="p5.48xlarge", market="on-demand"
+)
+
+
+def fill(store: Store) -> None:
+    store.instance_types.upsert(
+        [
+            InstanceType(
+                provider="aws",
+                name="p5.48xlarge",
+                vcpus=192,
+                memory_gib=2048,
+                accelerator="H100",
+                accelerator_count=8,
+                accelerator_memory_gib=80,
+            )
+        ],
+        now=NOW,
+    )
+    store.prices.record(
+        [
+            PriceQuote(
+                offer=SPOT, usd_per_hour=30, observed_at=NOW - timedelta(minutes=1), source="aws"
+            ),
+            PriceQuote(
+                offer=ON_DEMAND, usd_per_hour=98, observed_at=NOW - timedelta(hours=3), source="aws"
+            ),
+        ]
+    )
+    store.capacity.record(
+        [
+            CapacitySignal(
+                provider="aws",
+                region="us-east-1",
+                instance_type="p5.48xlarge",
+                kind=CapacityKind.INTERRUPTION_BUCKET,
+                value=3,
+                observed_at=NOW,
+                source="aws",
+            ),
+            CapacitySignal(
+                provider="aws",
+                region="us-east-1",
+                instance_type="p5.48xlarge",
+                kind=CapacityKind.QUOTA_SPOT_GPUS_FREE,
+                value=16,
+                observed_at=NOW,
+                source="aws",
+            ),
+        ]
+    )
+    store.carbon.record(
+        [
+            CarbonReading(
+                zone="US-MIDA-PJM",
+                valid_at=NOW - timedelta(days=400),
+                value=380,
+                basis="direct",
+                source="static",
+            ),
+            CarbonReading(
+                zone="US-MIDA-PJM",
+                valid_at=NOW - timedelta(minutes=30),
+                value=410,
+                basis="lifecycle",
+                source="em",
+            ),
+            CarbonReading(
+                zone="DE",
+                valid_at=NOW - timedelta(days=400),
+                value=350,
+                basis="direct",
+                source="static",
+            ),
+        ],
+        observed_at=NOW,
+    )
+
+
+def test_offers_carry_their_type_capacity_and_staleness(store: Store) -> None:
+    fill(store)
+    snap = build_snapshot(store, {"aws": 3600}, NOW)
+    by_market = {s.offer.market.value: s for s in snap.offers}
+    spot, od = by_market["spot"], by_market["on-demand"]
+    assert (spot.accelerator, spot.accelerator_count) == ("H100", 8)
+    assert spot.interruption_bucket == 3 and spot.capacity_gpus == 16 and not spot.stale
+    assert od.stale and od.interruption_bucket is None and od.capacity_gpus is None
+
+
+def test_fresh_carbon_wins_and_stale_is_kept_marked(store: Store) -> None:
+    fill(store)
+    snap = build_snapshot(store, {"em": 7200, "static": 3600}, NOW)
+    zones = snap.carbon_by_zone()
+    assert zones["US-MIDA-PJM"].gco2_per_kwh == 410 and not zones["US-MIDA-PJM"].stale
+    assert zones["DE"].stale and zones["DE"].source == "static"
+
+
+def test_the_same_data_gives_the_same_id_and_a_round_trip_through_json(store: Store) -> None:
+    fill(store)
+    a = build_snapshot(store, {"aws": 3600}, NOW)
+    b = build_snapshot(store, {"aws": 3600}, NOW + timedelta(seconds=1))
+    assert a.id == b.id
+    assert MarketSnapshot.model_validate_json(a.model_dump_json()) == a
