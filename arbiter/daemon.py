@@ -29,11 +29,13 @@ from sqlalchemy import Engine
 from arbiter.config import Settings
 from arbiter.domain.regions import RegionCatalog
 from arbiter.errors import LeaseHeld, StoreError
+from arbiter.http_api import Endpoint
 from arbiter.logs import get_logger
-from arbiter.polling import ConfiguredSource, Poller
+from arbiter.polling import DEGRADED_AFTER, ConfiguredSource, Poller
 from arbiter.ports import Clock, SystemClock
-from arbiter.store.db import check_current, upgrade
+from arbiter.store.db import check_current, ping, upgrade
 from arbiter.store.repositories import Store
+from arbiter.systemd import Notifier
 
 LEADER_LEASE = "leader"
 
@@ -79,6 +81,8 @@ class Daemon:
         self.log = get_logger("daemon", daemon=self.name)
         self._scheduler: Any = None
         self.poller: Poller | None = None
+        self.notifier = Notifier()
+        self.endpoint: Endpoint | None = None
 
     # -- start-up ---------------------------------------------------------------
 
@@ -132,7 +136,49 @@ class Daemon:
         """Poll one market-data source (leader only: standbys do not double the calls)."""
         if not self.is_leader or self.poller is None or self.stopping.is_set():
             return
-        self.poller.poll(source)
+        result = self.poller.poll(source)
+        self.notifier.status(
+            f"{'leader' if self.is_leader else 'standby'}; {source} "
+            + ("ok" if result.ok else "FAILED")
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "leader": self.is_leader,
+            "mode": self.settings.daemon.mode.value,
+            "name": self.name,
+        }
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready when the store answers and at least one source is healthy."""
+        reasons: list[str] = []
+        try:
+            ping(self.engine)
+            statuses = self.store.sources.all()
+        except StoreError as exc:
+            return False, [f"store: {exc}"]
+        if self.poller is not None and self.poller.sources:
+            healthy = [
+                s.source
+                for s in statuses
+                if s.last_success_at is not None and s.consecutive_failures < DEGRADED_AFTER
+            ]
+            if not healthy:
+                reasons.append(
+                    "no market-data source has polled successfully yet"
+                    if self.is_leader
+                    else "standby: waiting for the leader's data"
+                )
+        return not reasons, reasons
+
+    def watchdog(self) -> None:
+        """Feed the systemd watchdog only while the store answers."""
+        try:
+            ping(self.engine)
+        except StoreError as exc:
+            self.log.error("watchdog withheld: store unreachable", error=str(exc))
+            return
+        self.notifier.watchdog()
 
     def prune(self) -> None:
         if not self.is_leader:
@@ -196,7 +242,23 @@ class Daemon:
             max_instances=1,
             coalesce=True,
         )
+        if self.notifier.watchdog_seconds:
+            self._scheduler.add_job(
+                self.watchdog,
+                "interval",
+                seconds=self.notifier.watchdog_seconds / 2,
+                id="watchdog",
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.start()
+        http = self.settings.http
+        if http.enabled:
+            self.endpoint = Endpoint(http.host, http.port, self.store, self.state, self.readiness)
+            self.endpoint.start()
+        self.notifier.ready(
+            f"{'leader' if self.is_leader else 'standby'}; mode {self.settings.daemon.mode.value}"
+        )
         self.log.info(
             "started",
             mode=self.settings.daemon.mode.value,
@@ -210,6 +272,9 @@ class Daemon:
             while not self.stopping.wait(timeout=1.0):
                 pass
         finally:
+            self.notifier.stopping()
+            if self.endpoint is not None:
+                self.endpoint.stop()
             self._scheduler.shutdown(wait=True)
             if self.is_leader:
                 try:

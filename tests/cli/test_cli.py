@@ -27,6 +27,7 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     env["XDG_DATA_HOME"] = str(tmp_path / "data")
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["HOME"] = str(tmp_path)
+    env["ARBITER_HTTP__PORT"] = "0"  # an ephemeral port: tests run daemons side by side
     return env
 
 
@@ -278,3 +279,65 @@ def _polled(db: Path) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def _port_from(err_lines: list[str]) -> int:
+    for line in err_lines:
+        if line.startswith("{") and json.loads(line).get("event") == "serving":
+            return int(json.loads(line)["port"])
+    raise AssertionError("the daemon did not say where it serves")
+
+
+def test_the_daemon_serves_health_readiness_and_metrics_on_localhost(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    import socket as socketlib
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    notify_path = str(tmp_path / "notify")
+    notify = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(30)
+    env = {**user_env, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "2000000"}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "arbiter", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        ready = notify.recv(4096).decode()
+        assert "READY=1" in ready and "STATUS=leader" in ready
+        assert daemon.stderr is not None
+        while not any('"serving"' in line for line in lines):
+            lines.append(daemon.stderr.readline())
+        port = _port_from(lines)
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _polled(tmp_path / "data" / "arbiter" / "arbiter.db") >= 2, 60)
+        assert urllib.request.urlopen(f"{base}/healthz", timeout=10).read() == b"ok\n"
+        readyz = json.loads(urllib.request.urlopen(f"{base}/readyz", timeout=10).read())
+        assert readyz == {"ready": True, "reasons": []}
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["arbiter_leader"].samples[0].value == 1
+        assert families["arbiter_store_up"].samples[0].value == 1
+        healthy = {s.labels["source"]: s.value for s in families["arbiter_source_healthy"].samples}
+        assert healthy == {"replay": 1.0, "static-carbon": 1.0}
+        seen = set()
+        while "WATCHDOG=1" not in seen:
+            seen.update(notify.recv(4096).decode().splitlines())
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
+        notify.close()
+    assert daemon.returncode == 0
+
+
+def test_endpoints_bind_localhost_by_default() -> None:
+    from arbiter.config import Settings
+
+    assert Settings().http.host == "127.0.0.1"
