@@ -111,13 +111,14 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None) -
     Daemon:     arbiter run
     Market:     arbiter poll --once [--source NAME]
     Store:      arbiter db upgrade | downgrade | current
-    Read-only:  arbiter prices | capacity | carbon | sources | regions
+    Read-only:  arbiter status | workloads | migrations | decisions
+                arbiter prices | capacity | carbon | sources | regions
     """
     ctx.obj = Context(config_path, database_url)
 
 
 def _register() -> None:
-    from arbiter.cli import config_cmd, db, market, poll, regions, run, snapshot
+    from arbiter.cli import config_cmd, db, fleet, market, poll, regions, run, snapshot
 
     cli.add_command(run.run)
     cli.add_command(poll.poll)
@@ -128,6 +129,10 @@ def _register() -> None:
     cli.add_command(market.carbon)
     cli.add_command(market.sources)
     cli.add_command(snapshot.snapshot)
+    cli.add_command(fleet.status)
+    cli.add_command(fleet.workloads)
+    cli.add_command(fleet.migrations)
+    cli.add_command(fleet.decisions)
     cli.add_command(config_cmd.config)
 
 

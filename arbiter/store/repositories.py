@@ -344,6 +344,19 @@ class WorkloadRepository:
                     ],
                 )
 
+    def all_placements(self) -> dict[str, list[tuple[str, int]]]:
+        """(offer key, replicas) of what runs now, per workload."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        with translate_errors("reading placements"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    t.placements.c.workload, t.placements.c.offer_key, t.placements.c.replicas
+                ).order_by(t.placements.c.workload, t.placements.c.offer_key)
+            )
+            for r in rows:
+                out.setdefault(r.workload, []).append((r.offer_key, r.replicas))
+        return out
+
     def placements(self, workload: str) -> list[tuple[str, int]]:
         """(offer key, replicas) of what runs now."""
         with translate_errors("reading placements"), self._engine.connect() as conn:
@@ -450,6 +463,16 @@ class MigrationRepository:
             ).first()
         return None if row is None else self._from_row(row)
 
+    def recent(self, *, limit: int = 50) -> list[Migration]:
+        """Newest first, finished or not."""
+        with translate_errors("reading migrations"), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(t.migrations)
+                .order_by(t.migrations.c.created_at.desc(), t.migrations.c.id.desc())
+                .limit(limit)
+            )
+            return [self._from_row(row) for row in rows]
+
     def unfinished(self) -> list[Migration]:
         """Every migration not yet done, rolled back or failed, oldest first."""
         finished = [s.value for s in MigrationState if s.finished]
@@ -498,6 +521,15 @@ class DecisionRepository:
                     explanation=decision.model_dump(mode="json"),
                 )
             )
+
+    def recent(self, *, workload: str | None = None, limit: int = 50) -> list[Decision]:
+        """Newest first."""
+        d = t.decisions
+        query = select(d.c.explanation).order_by(d.c.decided_at.desc(), d.c.id.desc()).limit(limit)
+        if workload:
+            query = query.where(d.c.workload == workload)
+        with translate_errors("reading decisions"), self._engine.connect() as conn:
+            return [Decision.model_validate(row.explanation) for row in conn.execute(query)]
 
     def latest(self, workload: str) -> Decision | None:
         d = t.decisions
