@@ -299,3 +299,18 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
         model = annotation
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(model.model_fields)}"
+
+
+DEFAULT_SOURCES: dict[str, dict[str, Any]] = {
+    "replay": {"kind": "replay", "interval": "60s", "jitter": "5s", "stale_after": "10m"},
+    # Annual factors: valid for a past year, so always shown as stale — a labelled
+    # fallback, never mistaken for live grid data.
+    "static-carbon": {"kind": "static-carbon", "interval": "24h", "jitter": "1m"},
+}
+"""The embedded default: recorded real prices and capacity, and static carbon factors."""
+
+
+def effective_source_configs(configured: Mapping[str, SourceConfig]) -> dict[str, SourceConfig]:
+    if configured:
+        return dict(configured)
+    return {name: SourceConfig.model_validate(spec) for name, spec in DEFAULT_SOURCES.items()}

@@ -191,18 +191,3 @@ def build_sources(configs: Mapping[str, SourceConfig]) -> dict[str, ConfiguredSo
         adapter = build_source(config.kind, name, config.options, timeout=config.timeout)
         built[name] = ConfiguredSource(name, config, adapter)
     return built
-
-
-DEFAULT_SOURCES: dict[str, dict[str, Any]] = {
-    "replay": {"kind": "replay", "interval": "60s", "jitter": "5s", "stale_after": "10m"},
-    # Annual factors: valid for a past year, so always shown as stale — a labelled
-    # fallback, never mistaken for live grid data.
-    "static-carbon": {"kind": "static-carbon", "interval": "24h", "jitter": "1m"},
-}
-"""The embedded default: recorded real prices and capacity, and static carbon factors."""
-
-
-def effective_source_configs(configured: Mapping[str, SourceConfig]) -> dict[str, SourceConfig]:
-    if configured:
-        return dict(configured)
-    return {name: SourceConfig.model_validate(spec) for name, spec in DEFAULT_SOURCES.items()}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from arbiter.domain.market import CapacityKind, CarbonBasis, CarbonUnit, Market
@@ -19,9 +19,7 @@ def build_snapshot(store: Store, stale_after: Mapping[str, float], now: datetime
     instance type, capacity signals and its region's carbon intensity, each marked
     stale by its source's ``stale_after``."""
 
-    def stale(source: str, seen: datetime) -> bool:
-        return now - seen > timedelta(seconds=stale_after.get(source, DEFAULT_STALE_AFTER))
-
+    stale = stale_checker(stale_after, now)
     types = {(t.provider.value, t.name): t for t in store.instance_types.all()}
     bucket: dict[tuple[str, str, str | None], float] = {}
     score: dict[tuple[str, str, str | None], float] = {}
@@ -78,7 +76,18 @@ def build_snapshot(store: Store, stale_after: Mapping[str, float], now: datetime
         ):
             best[o.key] = state
 
-    carbon: dict[str, ZoneCarbon] = {}
+    carbon = choose_carbon(store, stale)
+    return MarketSnapshot.make(
+        taken_at=now,
+        offers=tuple(best[k] for k in sorted(best)),
+        carbon=tuple(carbon[z] for z in sorted(carbon)),
+    )
+
+
+def choose_carbon(store: Store, stale: Callable[[str, datetime], bool]) -> dict[str, ZoneCarbon]:
+    """The intensity to use per grid zone: fresh before stale, lifecycle before direct
+    before marginal, newest first. Index readings (percentiles) are never used."""
+    chosen: dict[str, ZoneCarbon] = {}
     for reading, _fetched in store.carbon.latest():
         if reading.unit is not CarbonUnit.G_PER_KWH:
             continue
@@ -90,20 +99,20 @@ def build_snapshot(store: Store, stale_after: Mapping[str, float], now: datetime
             source=reading.source,
             stale=stale(reading.source, reading.valid_at),
         )
-        chosen = carbon.get(reading.zone)
-        rank = (
-            candidate.stale,
-            _BASIS_PREFERENCE[candidate.basis],
-            -candidate.valid_at.timestamp(),
-        )
-        if chosen is None or rank < (
-            chosen.stale,
-            _BASIS_PREFERENCE[chosen.basis],
-            -chosen.valid_at.timestamp(),
-        ):
-            carbon[reading.zone] = candidate
-    return MarketSnapshot.make(
-        taken_at=now,
-        offers=tuple(best[k] for k in sorted(best)),
-        carbon=tuple(carbon[z] for z in sorted(carbon)),
-    )
+        current = chosen.get(reading.zone)
+        if current is None or _rank(candidate) < _rank(current):
+            chosen[reading.zone] = candidate
+    return chosen
+
+
+def _rank(c: ZoneCarbon) -> tuple[bool, int, float]:
+    return (c.stale, _BASIS_PREFERENCE[c.basis], -c.valid_at.timestamp())
+
+
+def stale_checker(
+    stale_after: Mapping[str, float], now: datetime
+) -> Callable[[str, datetime], bool]:
+    def stale(source: str, seen: datetime) -> bool:
+        return now - seen > timedelta(seconds=stale_after.get(source, DEFAULT_STALE_AFTER))
+
+    return stale

@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW
-from arbiter.domain.evaluation import PUE
+from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW, PUE
 from arbiter.domain.regions import RegionCatalog
-from arbiter.snapshots import build_snapshot
+from arbiter.snapshots import choose_carbon, stale_checker
 from arbiter.store.repositories import Store
 
 DEGRADED_AFTER = 3
@@ -37,33 +36,42 @@ def fleet_status(
     now: datetime,
 ) -> dict[str, Any]:
     limits = {name: c.stale_after for name, c in sources.items()}
-    snapshot = build_snapshot(store, limits, now)
-    offers = {s.offer.key: s for s in snapshot.offers}
-    carbon = snapshot.carbon_by_zone()
+    stale = stale_checker(limits, now)
+    placed_all = store.workloads.all_placements()
+    keys = {k for placed in placed_all.values() for k, _ in placed}
+    keys |= {_on_demand_key(k) for k in keys}
+    prices: dict[str, tuple[float, bool]] = {}
+    for p in store.prices.latest(keys=sorted(keys)):
+        fresh = not stale(p.source, p.last_seen)
+        if p.offer.key not in prices or (fresh and prices[p.offer.key][1] is False):
+            prices[p.offer.key] = (p.usd_per_hour, not fresh)
+    types = {(t.provider.value, t.name): t for t in store.instance_types.all()}
+    carbon = choose_carbon(store, stale)
     workloads = {w.name: w for w in store.workloads.all()}
     usd = baseline = 0.0
     grams: float | None = 0.0
     by: Counter[tuple[str, str, str]] = Counter()
     unpriced = 0
-    for name, placed in store.workloads.all_placements().items():
+    for name, placed in placed_all.items():
         w = workloads.get(name)
         for offer_key, replicas in placed:
-            provider, region, _zone, _itype, market = offer_key.split(":")
+            provider, region, _zone, itype, market = offer_key.split(":")
             by[(provider, region, market)] += replicas
-            state = offers.get(offer_key)
-            if w is None or state is None or state.stale:
+            price = prices.get(offer_key)
+            shape = types.get((provider, itype))
+            if w is None or price is None or price[1] or shape is None:
                 unpriced += replicas
                 continue
-            per_instance = math.floor(state.accelerator_count / w.gpus_per_replica + 1e-9)
+            per_instance = math.floor(shape.accelerator_count / w.gpus_per_replica + 1e-9)
             if per_instance < 1:
                 unpriced += replicas
                 continue
-            cost = replicas * state.usd_per_hour / per_instance
+            cost = replicas * price[0] / per_instance
             usd += cost
-            on_demand = offers.get(_on_demand_key(offer_key))
+            on_demand = prices.get(_on_demand_key(offer_key))
             baseline += (
-                replicas * on_demand.usd_per_hour / per_instance
-                if on_demand is not None and not on_demand.stale
+                replicas * on_demand[0] / per_instance
+                if on_demand is not None and not on_demand[1]
                 else cost
             )
             place = catalog.get(provider, region)
@@ -71,7 +79,7 @@ def fleet_status(
             if zc is None or grams is None:
                 grams = None
             else:
-                power = POWER_KW.get(state.accelerator or "", DEFAULT_POWER_KW)
+                power = POWER_KW.get(shape.accelerator or "", DEFAULT_POWER_KW)
                 grams += replicas * w.gpus_per_replica * power * PUE * zc.gco2_per_kwh
     statuses = {s.source: s for s in store.sources.all()}
     source_rows = []
@@ -102,7 +110,6 @@ def fleet_status(
         "leader": None
         if lease is None or lease.expires_at < now
         else {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()},
-        "snapshot_id": snapshot.id,
         "workloads": len(workloads),
         "replicas": sum(by.values()),
         "replicas_by": [

@@ -13,6 +13,7 @@ import sys
 BENCHMARKS = {
     "ingest": "bench.ingest",
     "poll_cycle": "bench.poll_cycle",
+    "cli_latency": "bench.cli_latency",
 }
 
 

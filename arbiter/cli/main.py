@@ -60,7 +60,7 @@ class Context:
         return Store(engine)
 
     def source_configs(self) -> Any:
-        from arbiter.polling import effective_source_configs
+        from arbiter.config import effective_source_configs
 
         return effective_source_configs(self.settings.sources)
 

@@ -32,7 +32,8 @@ def run(obj: object, mode: str | None) -> None:
     url = obj.database_url()  # type: ignore[attr-defined]
     click.echo(f"arbiter: database {display_url(url)}", err=True)
     catalog = obj.catalog()  # type: ignore[attr-defined]
-    from arbiter.polling import build_sources, effective_source_configs
+    from arbiter.config import effective_source_configs
+    from arbiter.polling import build_sources
 
     sources = build_sources(effective_source_configs(settings.sources))
     daemon = Daemon(settings, make_engine(url), catalog, database_url=url)

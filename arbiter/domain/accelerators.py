@@ -143,3 +143,5 @@ POWER_KW: dict[str, float] = {
     "TPU": 0.3,
 }
 DEFAULT_POWER_KW = 0.3
+PUE = 1.15
+"""Power usage effectiveness assumed for hyperscale data centres (published ~1.1-1.2)."""

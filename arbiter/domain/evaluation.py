@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 
-from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW
+from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW, PUE
 from arbiter.domain.decisions import Candidate, RuleMode, RuleVerdict, Verdict
 from arbiter.domain.market import Market
 from arbiter.domain.policy import (
@@ -38,8 +38,6 @@ from arbiter.domain.regions import Region, RegionCatalog, great_circle_km
 from arbiter.domain.snapshot import MarketSnapshot, OfferState, ZoneCarbon
 from arbiter.domain.workloads import InterruptionTolerance, UserLocation, Workload
 
-PUE = 1.15
-"""Power usage effectiveness assumed for hyperscale data centres (published ~1.1-1.2)."""
 RTT_BASE_MS = 5.0
 RTT_KM_PER_MS = 60.0
 """p95 round trip ≈ 5 ms + 1 ms per 60 km of great-circle distance (fibre at ~2/3 c on

@@ -172,10 +172,20 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def check_current(engine: Engine) -> None:
-    """Raise StoreError unless the database is at the newest migration."""
+    """Raise StoreError unless the database is at the newest migration.
+
+    Reads ``alembic_version`` with plain SQL (no Alembic import: read-only commands
+    must start fast).
+    """
+    from sqlalchemy import inspect
+
+    from arbiter.store.schema import SCHEMA_REVISION
+
     with translate_errors("checking schema revision"), engine.connect() as connection:
-        current = current_revision(connection)
-    head = head_revision()
+        current = None
+        if inspect(connection).has_table("alembic_version"):
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    head = SCHEMA_REVISION
     if current != head:
         raise StoreError(
             f"database schema is at {current or 'nothing (empty database)'}, "

@@ -164,30 +164,38 @@ class PriceRepository:
         self._known_ids.update(ids)
         return stats
 
-    def latest(self, *, provider: str | None = None) -> list[LatestPrice]:
-        """The newest price level of every offer and source."""
+    def latest(
+        self, *, provider: str | None = None, keys: Sequence[str] | None = None
+    ) -> list[LatestPrice]:
+        """The newest price level of every offer (or of the offers ``keys``) and source."""
         ph, of = t.price_history, t.offers
-        newest = (
-            select(ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs"))
-            .group_by(ph.c.offer_id, ph.c.source)
-            .subquery()
-        )
-        query = (
-            select(of, ph.c.source, ph.c.usd_per_hour, ph.c.first_seen, ph.c.last_seen)
-            .join(ph, ph.c.offer_id == of.c.id)
-            .join(
-                newest,
-                and_(
-                    ph.c.offer_id == newest.c.offer_id,
-                    ph.c.source == newest.c.source,
-                    ph.c.first_seen == newest.c.fs,
-                ),
-            )
-            .order_by(of.c.key, ph.c.source)
-        )
-        if provider:
-            query = query.where(of.c.provider == provider)
         with translate_errors("reading prices"), self._engine.connect() as conn:
+            grouped = select(
+                ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs")
+            ).group_by(ph.c.offer_id, ph.c.source)
+            if keys is not None:
+                ids = list(
+                    conn.execute(
+                        select(of.c.id).where(changepoints.member_of(conn, of.c.key, list(keys)))
+                    ).scalars()
+                )
+                grouped = grouped.where(changepoints.member_of(conn, ph.c.offer_id, ids))
+            newest = grouped.subquery()
+            query = (
+                select(of, ph.c.source, ph.c.usd_per_hour, ph.c.first_seen, ph.c.last_seen)
+                .join(ph, ph.c.offer_id == of.c.id)
+                .join(
+                    newest,
+                    and_(
+                        ph.c.offer_id == newest.c.offer_id,
+                        ph.c.source == newest.c.source,
+                        ph.c.first_seen == newest.c.fs,
+                    ),
+                )
+                .order_by(of.c.key, ph.c.source)
+            )
+            if provider:
+                query = query.where(of.c.provider == provider)
             return [
                 LatestPrice(
                     offer=Offer(

@@ -40,6 +40,11 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+SCHEMA_REVISION = "0002"
+"""The Alembic head these tables correspond to (a test keeps it equal to the newest
+migration). Read-only commands compare it with ``alembic_version`` without loading
+Alembic, which keeps them fast to start."""
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend.

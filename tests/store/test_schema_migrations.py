@@ -61,3 +61,9 @@ def test_check_current_refuses_an_old_schema(empty_store_url: str) -> None:
             db.check_current(engine)
     finally:
         engine.dispose()
+
+
+def test_the_schema_revision_constant_is_the_newest_migration() -> None:
+    from arbiter.store.schema import SCHEMA_REVISION
+
+    assert db.head_revision() == SCHEMA_REVISION
