@@ -70,13 +70,12 @@ class Decision(Value):
     carbon_g_per_hour: Annotated[Finite, Field(ge=0)] | None = None
     candidates: tuple[Candidate, ...] = ()
     unplaceable_reasons: tuple[str, ...] = ()
+    """Why the workload is not (or not fully) placed; empty when every replica is."""
 
     @model_validator(mode="after")
     def _placed_or_explained(self) -> Decision:
         if not self.placements and not self.unplaceable_reasons:
             raise ValueError("a decision without placements must say why (unplaceable_reasons)")
-        if self.placements and self.unplaceable_reasons:
-            raise ValueError("a placed decision cannot also be unplaceable")
         if any(p.workload != self.workload for p in self.placements):
             raise ValueError("every placement must belong to the decision's workload")
         return self

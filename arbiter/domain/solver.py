@@ -1,0 +1,1357 @@
+"""The cheapest placement of every replica of every workload at once, as one MILP.
+
+The caller has already applied the hard rules (sovereignty, accelerator, latency,
+carbon) and priced what is left: a :class:`Problem` lists, per workload, the offers it
+may use (one *column* per workload × offer) with the effective cost and throughput of
+one replica there. :func:`solve` places all workloads together, because they compete
+for the same capacity and budgets, and never places a replica on a column it was not
+given.
+
+The model (HiGHS, built in bulk from numpy arrays)::
+
+    minimise    Σ cost_j·x_j + P·(unplaced replicas)
+    x_j ∈ ℤ, 0 ≤ x_j ≤ ub_j                       replicas of workload w(j) on offer o(j)
+    Σ_{j∈w} x_j + u_w = replicas_w                (replica-sized; 0 ≤ u_w ≤ replicas_w)
+    Σ_{j∈w} tput_j·x_j ≥ min_throughput_w · z_w   (throughput-sized; z_w ∈ {0,1})
+    y_{w,r} ≤ Σ_{j∈w,r} x_j,  y ∈ [0,1]           (a region counts only if it has a replica)
+    Σ_r y_{w,r} ≥ min_distinct_regions_w · z_w    (same for providers)
+    Σ_{j∈w,p} x_j ≤ share·Σ_{j∈w} x_j             (per provider, and on spot)
+    Σ_{j on o} gpus_w(j)·x_j ≤ capacity_o         (offers with bounded capacity)
+    Σ_{j∈group b} cost_j·x_j ≤ budget_b
+
+A region indicator needs no binary and no big-M: ``y ≤ Σx`` with ``x`` integer lets
+``y`` reach 1 only where a replica is placed, so a continuous ``y ≤ 1`` already counts
+distinct regions exactly. (``x ≤ M·y`` alone would let an empty region count.) The
+binary ``z_w`` says "this workload is placed": a workload whose spread cannot be met
+places nothing instead of making the whole problem infeasible.
+
+**Unplaceable workloads.** What is decidable for one workload alone is decided before
+the solve and reported with its reason (no candidate, too few distinct regions or
+providers, shares that cannot be met, a budget below its cheapest placement, no offer
+with room for one replica). What couples workloads — capacity and budgets — is left to
+the solver through penalised slack: ``P`` is far above any real cost, so as many
+replicas as possible are placed; when some stay unplaced a second solve minimises the
+real cost with the number of unplaced replicas fixed, and those workloads are reported
+with the rule that stopped them. A throughput-sized workload is placed whole or not at
+all; a replica-sized one may be placed in part (status ``partial``).
+
+**Candidate reduction** (before building the MILP; numpy, no loop per column). Two
+columns of a workload are *interchangeable* when no rule of that workload tells them
+apart: same region if it needs distinct regions, same provider if it has a provider
+rule, same market if it has a spot share. Within such a *cell* columns differ only in
+cost, throughput and capacity. Three reductions follow:
+
+1. *Dominance (exact).* A column is dropped when another column of its cell has
+   unbounded capacity, costs no more and serves no less throughput: moving every
+   replica from the dropped column to that one keeps every row satisfied (the rules
+   cannot tell them apart, the capacity is unbounded, cost and budgets do not rise,
+   throughput does not fall), so some optimum of the full problem uses only kept
+   columns. Capacity that can never bind — at least the GPUs every workload could
+   possibly put there — counts as unbounded.
+2. *Region pruning (exact).* For a workload that needs ``d`` distinct regions, within
+   a cell-without-region and one throughput level, let ``Q_r`` be the cheapest
+   unbounded column in region ``r`` and ``Q_(d)`` the ``d``-th smallest. A region
+   outside the ``d`` cheapest whose columns all cost at least ``Q_(d)`` is dropped: in
+   any placement using it, either one of the ``d`` cheapest regions is unused (move the
+   region's replicas there: the distinct count does not fall) or all ``d`` are used
+   together with this one (merge it into one of them: at least ``d`` remain), at no
+   extra cost.
+3. *Coverage (checked).* Bounded columns cheaper than the kept unbounded one are kept
+   cheapest first until their summed capacity covers the workload's need in that cell
+   (its replica count, or the replicas of that throughput level that reach its
+   target); the rest are dropped. If the reduced optimum leaves room on some kept
+   column of such a group, the dropped ones were not needed by this workload. If the
+   capacity row binds on *every* kept column of a group, the group is widened (its
+   dropped columns are added back) and the problem is re-solved from the previous
+   placement, until no group binds. This check is a certificate for each workload
+   against the placement found; when several workloads crowd the same bounded offers,
+   ``solve(..., reduce=False)`` solves the unreduced problem.
+
+The domain reads no clock: ``solve_seconds`` is HiGHS's own run time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+_EPS = 1e-9
+_MAX_WIDENINGS = 4
+
+
+# ---------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class WorkloadDemand:
+    """What one workload needs: exactly one of ``replicas`` or ``min_throughput``.
+
+    Shares are of the workload's placed replicas; ``budget_group`` indexes
+    ``Problem.budgets``.
+    """
+
+    name: str
+    replicas: int | None
+    min_throughput: float | None
+    """Tokens/s to reach in total; the replica count is then the solver's choice."""
+    gpus_per_replica: int
+    min_distinct_regions: int = 1
+    min_distinct_providers: int = 1
+    max_share_per_provider: float = 1.0
+    max_spot_share: float = 1.0
+    budget_group: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a workload needs a name")
+        if (self.replicas is None) == (self.min_throughput is None):
+            raise ValueError(f"{self.name}: give exactly one of replicas and min_throughput")
+        if self.replicas is not None and self.replicas < 1:
+            raise ValueError(f"{self.name}: replicas must be at least 1")
+        if self.min_throughput is not None and not (
+            math.isfinite(self.min_throughput) and self.min_throughput > 0
+        ):
+            raise ValueError(f"{self.name}: min_throughput must be a positive number")
+        if self.gpus_per_replica < 1:
+            raise ValueError(f"{self.name}: gpus_per_replica must be at least 1")
+        if self.min_distinct_regions < 1 or self.min_distinct_providers < 1:
+            raise ValueError(f"{self.name}: min_distinct_* must be at least 1")
+        for key in ("max_share_per_provider", "max_spot_share"):
+            share = getattr(self, key)
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{self.name}: {key} must be within 0..1, got {share}")
+        if self.budget_group is not None and self.budget_group < 0:
+            raise ValueError(f"{self.name}: budget_group must not be negative")
+
+
+def _frozen(value: object, dtype: type[np.generic], name: str) -> npt.NDArray[np.generic]:
+    array = np.asarray(value, dtype=dtype)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional")
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """Compliant candidates, priced. One entry per column in the ``col_*`` arrays (a
+    workload may put replicas on an offer), one per offer in the ``offer_*`` arrays.
+
+    Arrays are converted to their dtypes and frozen (read-only views). Costs are USD/h
+    per replica, capacity is in GPUs (``np.inf``: unknown or unbounded), budgets are
+    USD/h per budget group and are charged at the columns' costs.
+    """
+
+    workloads: Sequence[WorkloadDemand]
+    col_workload: npt.NDArray[np.int64]
+    col_offer: npt.NDArray[np.int64]
+    col_cost: npt.NDArray[np.float64]
+    col_throughput: npt.NDArray[np.float64]
+    offer_region: npt.NDArray[np.int64]
+    offer_provider: npt.NDArray[np.int64]
+    offer_spot: npt.NDArray[np.bool_]
+    offer_capacity_gpus: npt.NDArray[np.float64]
+    budgets: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        typed: dict[str, type[np.generic]] = {
+            "col_workload": np.int64,
+            "col_offer": np.int64,
+            "col_cost": np.float64,
+            "col_throughput": np.float64,
+            "offer_region": np.int64,
+            "offer_provider": np.int64,
+            "offer_spot": np.bool_,
+            "offer_capacity_gpus": np.float64,
+        }
+        for name, dtype in typed.items():
+            object.__setattr__(self, name, _frozen(getattr(self, name), dtype, name))
+        object.__setattr__(self, "workloads", tuple(self.workloads))
+        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+
+        n = len(self.col_workload)
+        for name in ("col_offer", "col_cost", "col_throughput"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {n}")
+        n_offers = len(self.offer_region)
+        for name in ("offer_provider", "offer_spot", "offer_capacity_gpus"):
+            if len(getattr(self, name)) != n_offers:
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} entries, expected {n_offers}"
+                )
+        if n and not (self.col_workload.min() >= 0 and self.col_workload.max() < self.n_workloads):
+            raise ValueError("col_workload must index workloads")
+        if n and not (self.col_offer.min() >= 0 and self.col_offer.max() < n_offers):
+            raise ValueError("col_offer must index offers")
+        if not np.all(np.isfinite(self.col_cost) & (self.col_cost >= 0)):
+            raise ValueError("col_cost must be finite and not negative")
+        if not np.all(np.isfinite(self.col_throughput) & (self.col_throughput >= 0)):
+            raise ValueError("col_throughput must be finite and not negative")
+        if np.any(np.isnan(self.offer_capacity_gpus) | (self.offer_capacity_gpus < 0)):
+            raise ValueError("offer_capacity_gpus must be a number ≥ 0 or inf")
+        if n_offers and (self.offer_region.min() < 0 or self.offer_provider.min() < 0):
+            raise ValueError("offer_region and offer_provider must not be negative")
+        if not all(math.isfinite(b) and b >= 0 for b in self.budgets):
+            raise ValueError("budgets must be finite and not negative")
+        for w in self.workloads:
+            if w.budget_group is not None and w.budget_group >= len(self.budgets):
+                raise ValueError(
+                    f"{w.name}: budget group {w.budget_group} does not exist "
+                    f"({len(self.budgets)} budgets given)"
+                )
+
+    @property
+    def n_workloads(self) -> int:
+        return len(self.workloads)
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.col_workload)
+
+
+class PlacementStatus(StrEnum):
+    PLACED = "placed"
+    PARTIAL = "partial"
+    """Some replicas of a replica-sized workload are placed, not all."""
+    UNPLACEABLE = "unplaceable"
+
+
+@dataclass(frozen=True)
+class WorkloadOutcome:
+    name: str
+    status: PlacementStatus
+    placed_replicas: int
+    reasons: tuple[str, ...] = ()
+    """Why replicas are missing, in words; empty when placed."""
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    replicas: npt.NDArray[np.int64]
+    """Replicas per column of the problem (read-only, aligned with ``col_*``)."""
+    workloads: tuple[WorkloadOutcome, ...]
+    total_cost: float
+    """USD/h: Σ col_cost · replicas."""
+    gap: float
+    """Relative MIP gap HiGHS reports for the final solve (0 when proven optimal)."""
+    optimal: bool
+    """HiGHS proved the placement optimal within ``mip_rel_gap`` and the reduction
+    check passed."""
+    time_limited: bool
+    solve_seconds: float
+    """HiGHS's run time, summed over every solve (widening, second phase)."""
+    columns_before: int
+    columns_after: int
+    """Columns in the last MILP, after reduction and widening."""
+    widenings: int = 0
+    solves: int = 0
+
+    def outcome(self, name: str) -> WorkloadOutcome:
+        for o in self.workloads:
+            if o.name == name:
+                return o
+        raise KeyError(f"unknown workload {name!r}")
+
+
+# ------------------------------------------------------------------------ preparation
+
+
+@dataclass(frozen=True, eq=False)
+class _Demands:
+    """The workloads as arrays, one entry per workload."""
+
+    replicas: FloatArray
+    target: FloatArray
+    throughput_sized: BoolArray
+    gpus: FloatArray
+    min_regions: IntArray
+    min_providers: IntArray
+    provider_share: FloatArray
+    spot_share: FloatArray
+    budget_group: IntArray
+    spot_cap: FloatArray
+    """Most replicas a workload may put on spot (inf: no limit but the share row)."""
+    provider_cap: FloatArray
+
+    @classmethod
+    def of(cls, workloads: Sequence[WorkloadDemand]) -> _Demands:
+        replicas = np.array([w.replicas or 0 for w in workloads], dtype=np.float64)
+        target = np.array([w.min_throughput or 0.0 for w in workloads], dtype=np.float64)
+        sized = np.array([w.min_throughput is not None for w in workloads], dtype=np.bool_)
+        provider_share = np.array([w.max_share_per_provider for w in workloads], np.float64)
+        spot_share = np.array([w.max_spot_share for w in workloads], dtype=np.float64)
+        return cls(
+            replicas=replicas,
+            target=target,
+            throughput_sized=sized,
+            gpus=np.array([w.gpus_per_replica for w in workloads], dtype=np.float64),
+            min_regions=np.array([w.min_distinct_regions for w in workloads], dtype=np.int64),
+            min_providers=np.array([w.min_distinct_providers for w in workloads], np.int64),
+            provider_share=provider_share,
+            spot_share=spot_share,
+            budget_group=np.array(
+                [-1 if w.budget_group is None else w.budget_group for w in workloads],
+                dtype=np.int64,
+            ),
+            spot_cap=_share_cap(spot_share, replicas, sized),
+            provider_cap=_share_cap(provider_share, replicas, sized),
+        )
+
+
+def _share_cap(share: FloatArray, replicas: FloatArray, sized: BoolArray) -> FloatArray:
+    """Most replicas a share allows: ⌊share·replicas⌋, or unbounded when sized by
+    throughput (the share row does the work), or 0 when the share is 0."""
+    capped = np.floor(share * replicas + _EPS)
+    free = np.where(share > 0, np.inf, 0.0)
+    return np.where(sized, free, np.where(share >= 1, replicas, capped))
+
+
+@dataclass(frozen=True, eq=False)
+class _Candidates:
+    """Columns that survive the per-workload checks (``a_*`` arrays, one per such
+    column, ``index`` into the problem's columns) and the reasons of the rest."""
+
+    index: IntArray
+    workload: IntArray
+    offer: IntArray
+    cost: FloatArray
+    throughput: FloatArray
+    upper: FloatArray
+    room: FloatArray
+    """Replicas of this workload that fit the offer's effective capacity (inf: unbounded)."""
+    capacity: FloatArray
+    """Effective capacity per offer: inf where it can never bind."""
+    reasons: dict[int, str]
+    total_cap: FloatArray
+    """Per workload: most replicas in total (inf: only the demand row limits it)."""
+
+
+def _pct(share: float) -> str:
+    return f"{share:.0%}"
+
+
+def _distinct(rows: IntArray, cols: IntArray, shape: tuple[int, int]) -> IntArray:
+    seen = np.zeros(shape, dtype=np.bool_)
+    seen[rows, cols] = True
+    counts: IntArray = seen.sum(axis=1).astype(np.int64)
+    return counts
+
+
+def _prepare(p: Problem, d: _Demands) -> _Candidates:
+    n_w = p.n_workloads
+    cw, co = p.col_workload, p.col_offer
+    n_regions = int(p.offer_region.max()) + 1 if len(p.offer_region) else 1
+    n_providers = int(p.offer_provider.max()) + 1 if len(p.offer_provider) else 1
+
+    def present(mask: BoolArray) -> BoolArray:
+        return np.bincount(cw[mask], minlength=n_w) > 0
+
+    spot = p.offer_spot[co]
+    useful = ~d.throughput_sized[cw] | (p.col_throughput > 0)
+    allowed = useful & (~spot | (d.spot_cap[cw] > 0))
+    room = np.floor(p.offer_capacity_gpus[co] / d.gpus[cw])
+    fits = allowed & (room >= 1)
+    any_column = np.bincount(cw, minlength=n_w) > 0
+    has_useful, has_allowed, has_fit = present(useful), present(allowed), present(fits)
+    has_on_demand = present(fits & ~spot)
+    fit_w = cw[fits]
+    n_reg = _distinct(fit_w, p.offer_region[co[fits]], (n_w, n_regions))
+    n_prov = _distinct(fit_w, p.offer_provider[co[fits]], (n_w, n_providers))
+
+    cheapest = np.full(n_w, np.inf)
+    per_unit = np.where(d.throughput_sized[fit_w], p.col_throughput[fits], 1.0)
+    with np.errstate(divide="ignore"):
+        np.minimum.at(cheapest, fit_w, p.col_cost[fits] / per_unit)
+    floor_cost = np.where(d.throughput_sized, d.target, d.replicas) * cheapest
+    budgets = np.array([*p.budgets, np.inf])
+    over_budget = floor_cost > budgets[d.budget_group] * (1 + _EPS)
+
+    reasons: dict[int, str] = {}
+    for w, wl in enumerate(p.workloads):
+        reason = _local_reason(
+            wl,
+            any_column=bool(any_column[w]),
+            has_useful=bool(has_useful[w]),
+            has_allowed=bool(has_allowed[w]),
+            has_fit=bool(has_fit[w]),
+            has_on_demand=bool(has_on_demand[w]),
+            n_regions=int(n_reg[w]),
+            n_providers=int(n_prov[w]),
+            provider_cap=float(d.provider_cap[w]),
+        )
+        if reason is None and over_budget[w]:
+            b = int(d.budget_group[w])
+            reason = (
+                f"budget group {b} exceeded: needs at least ${floor_cost[w]:.2f}/h "
+                f"of ${p.budgets[b]:.2f}/h"
+            )
+        if reason is not None:
+            reasons[w] = reason
+    blocked = np.zeros(n_w, dtype=np.bool_)
+    blocked[list(reasons)] = True
+
+    index = np.flatnonzero(fits & ~blocked[cw])
+    aw, ao = cw[index], co[index]
+    cost, tput, room_a = p.col_cost[index], p.col_throughput[index], room[index]
+    sized = d.throughput_sized[aw]
+    spot_a = p.offer_spot[ao]
+    replica_upper = np.minimum(
+        np.minimum(d.replicas[aw], d.provider_cap[aw]),
+        np.where(spot_a, d.spot_cap[aw], np.inf),
+    )
+    # Without share rules a throughput-sized workload never needs more replicas on one
+    # offer than reach its target there: one fewer would still reach it. With share
+    # rules replicas may be needed to balance others; the model then allows at most
+    # ⌈1/s⌉·⌈target / its slowest column⌉ in total (s: its smallest share below 1),
+    # enough to reach the target within each of ⌈1/s⌉ providers or markets. HiGHS
+    # needs this bound: with unbounded integers its cuts and heuristics stall.
+    slowest = np.full(n_w, np.inf)
+    np.minimum.at(slowest, aw, np.where(sized, tput, np.inf))
+    smallest = np.minimum(
+        np.where(d.provider_share < 1, d.provider_share, 1.0),
+        np.where(d.spot_share < 1, d.spot_share, 1.0),
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total_cap = np.where(
+            d.throughput_sized & (smallest < 1) & np.isfinite(slowest),
+            np.ceil(1 / np.maximum(smallest, _EPS) - _EPS) * np.ceil(d.target / slowest - _EPS),
+            np.inf,
+        )
+        no_share = ~np.isfinite(total_cap[aw])
+        tput_upper = np.where(no_share, np.ceil(d.target[aw] / tput - _EPS), total_cap[aw])
+    upper = np.minimum(np.where(sized, tput_upper, replica_upper), room_a)
+
+    # Capacity that every workload together could not fill never binds.
+    demand = np.bincount(ao, weights=d.gpus[aw] * upper, minlength=len(p.offer_region))
+    capacity = np.where(p.offer_capacity_gpus >= demand, np.inf, p.offer_capacity_gpus)
+    room_eff = np.where(np.isinf(capacity[ao]), np.inf, room_a)
+    return _Candidates(
+        index=index,
+        workload=aw,
+        offer=ao,
+        cost=cost,
+        throughput=tput,
+        upper=upper,
+        room=room_eff,
+        capacity=capacity,
+        reasons=reasons,
+        total_cap=total_cap,
+    )
+
+
+def _local_reason(
+    wl: WorkloadDemand,
+    *,
+    any_column: bool,
+    has_useful: bool,
+    has_allowed: bool,
+    has_fit: bool,
+    has_on_demand: bool,
+    n_regions: int,
+    n_providers: int,
+    provider_cap: float,
+) -> str | None:
+    """Why this workload cannot be placed whatever the others do, or None."""
+    if not any_column:
+        return "no compliant candidate"
+    if not has_useful:
+        return "no compliant candidate has throughput for this workload"
+    if not has_allowed:
+        return (
+            f"at most {_pct(wl.max_spot_share)} of replicas on spot, "
+            "but only spot offers are compliant"
+        )
+    if not has_fit:
+        return f"capacity exhausted: no compliant offer has {wl.gpus_per_replica} GPUs free"
+    for what, need, have in (
+        ("regions", wl.min_distinct_regions, n_regions),
+        ("providers", wl.min_distinct_providers, n_providers),
+    ):
+        if wl.replicas is not None and need > wl.replicas:
+            return f"needs {need} distinct {what} but has only {wl.replicas} replicas"
+        if have < need:
+            return f"needs {need} distinct {what}, {have} have compliant offers"
+    if wl.max_share_per_provider < 1:
+        share = wl.max_share_per_provider
+        if provider_cap <= 0:
+            return f"at most {_pct(share)} of replicas per provider leaves no room for one"
+        needed = (
+            math.ceil(wl.replicas / provider_cap)
+            if wl.replicas is not None
+            else math.ceil(1 / share - _EPS)
+        )
+        if n_providers < needed:
+            return (
+                f"at most {_pct(share)} of replicas per provider needs {needed} providers, "
+                f"{n_providers} have compliant offers"
+            )
+    spot_limited = wl.max_spot_share < 1 and (
+        wl.replicas is None or math.floor(wl.max_spot_share * wl.replicas + _EPS) < wl.replicas
+    )
+    if spot_limited and not has_on_demand:
+        return (
+            f"at most {_pct(wl.max_spot_share)} of replicas on spot, "
+            "but only spot offers are compliant"
+        )
+    return None
+
+
+# -------------------------------------------------------------------------- reduction
+
+
+@dataclass(frozen=True, eq=False)
+class _Reduction:
+    kept: IntArray
+    """Positions into the candidate arrays, sorted."""
+    prefix: IntArray
+    """Kept bounded columns of coverage groups (candidate positions) ..."""
+    prefix_group: IntArray
+    dropped: IntArray
+    """... and the columns coverage dropped from them, to add back when all bind."""
+    dropped_group: IntArray
+
+
+def _dense(raw: IntArray) -> tuple[IntArray, int]:
+    """Group ids 0..n-1 for arbitrary non-negative keys."""
+    if len(raw) == 0:
+        return raw, 0
+    size = int(raw.max()) + 1
+    if size <= max(4 * len(raw), 1 << 16):
+        return raw, size
+    uniq, inverse = np.unique(raw, return_inverse=True)
+    return inverse.astype(np.int64), len(uniq)
+
+
+def _cells(p: Problem, d: _Demands, c: _Candidates, pos: IntArray, *, region: bool) -> IntArray:
+    """Cell key: workload, and region / provider / market where its rules tell them apart."""
+    w, o = c.workload[pos], c.offer[pos]
+    n_regions = int(p.offer_region.max()) + 1
+    n_providers = int(p.offer_provider.max()) + 1
+    by_region = (d.min_regions[w] > 1) & region
+    by_provider = (d.min_providers[w] > 1) | (d.provider_share[w] < 1)
+    by_market = d.spot_share[w] < 1
+    r = np.where(by_region, p.offer_region[o], 0)
+    pr = np.where(by_provider, p.offer_provider[o], 0)
+    m = np.where(by_market, p.offer_spot[o].astype(np.int64), 0)
+    key: IntArray = ((w * n_regions + r) * n_providers + pr) * 2 + m
+    return key
+
+
+def _level(d: _Demands, c: _Candidates, pos: IntArray) -> FloatArray:
+    """Throughput that matters for comparing columns: none for replica-sized workloads."""
+    return np.where(d.throughput_sized[c.workload[pos]], c.throughput[pos], 0.0)
+
+
+def _reduce(p: Problem, d: _Demands, c: _Candidates) -> _Reduction:
+    n = len(c.index)
+    pos = np.arange(n, dtype=np.int64)
+    survivors = _dominance_anchors(p, d, c, pos)
+    survivors = _dominance_full(p, d, c, survivors)
+    kept, prefix, prefix_group, dropped, dropped_group = _coverage(p, d, c, survivors)
+    kept, pruned = _prune_regions(p, d, c, kept)
+    if len(pruned):
+        # A pruned region needs no widening: its columns are exactly dominated.
+        live_prefix = ~np.isin(prefix, pruned)
+        live_groups = np.unique(prefix_group[live_prefix])
+        mask_p = np.isin(prefix_group, live_groups)
+        mask_d = np.isin(dropped_group, live_groups)
+        prefix, prefix_group = prefix[mask_p], prefix_group[mask_p]
+        dropped, dropped_group = dropped[mask_d], dropped_group[mask_d]
+    return _Reduction(np.sort(kept), prefix, prefix_group, dropped, dropped_group)
+
+
+def _dominance_anchors(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArray:
+    """Exact, O(n): drop columns dominated by one of two anchors per cell — the cheapest
+    unbounded column and the fastest unbounded one (ties to the lower position)."""
+    cell, n_cells = _dense(_cells(p, d, c, pos, region=True))
+    cost, level = c.cost[pos], _level(d, c, pos)
+    unbounded = np.isinf(c.room[pos])
+    n = len(pos)
+
+    def cell_min(values: FloatArray, mask: BoolArray, fill: float) -> FloatArray:
+        out = np.full(n_cells, fill)
+        np.minimum.at(out, cell[mask], values[mask])
+        return out
+
+    def cell_max(values: FloatArray, mask: BoolArray) -> FloatArray:
+        out = np.full(n_cells, -1.0)
+        np.maximum.at(out, cell[mask], values[mask])
+        return out
+
+    def first(mask: BoolArray) -> IntArray:
+        out = np.full(n_cells, n, dtype=np.int64)
+        np.minimum.at(out, cell[mask], pos[mask])
+        return out
+
+    cost_a = cell_min(cost, unbounded, np.inf)
+    at_a = unbounded & (cost == cost_a[cell])
+    level_a = cell_max(level, at_a)
+    first_a = first(at_a & (level == level_a[cell]))
+    level_b = cell_max(level, unbounded)
+    at_b = unbounded & (level == level_b[cell])
+    cost_b = cell_min(cost, at_b, np.inf)
+    first_b = first(at_b & (cost == cost_b[cell]))
+    dominated = ((cost >= cost_a[cell]) & (level <= level_a[cell]) & (pos != first_a[cell])) | (
+        (cost >= cost_b[cell]) & (level <= level_b[cell]) & (pos != first_b[cell])
+    )
+    kept: IntArray = pos[~dominated]
+    return kept
+
+
+def _sorted_groups(keys: IntArray) -> IntArray:
+    """0-based group number of each element of an already sorted key array."""
+    starts = np.empty(len(keys), dtype=np.bool_)
+    if len(keys):
+        starts[0] = True
+        starts[1:] = keys[1:] != keys[:-1]
+    return np.cumsum(starts) - 1
+
+
+def _dominance_full(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArray:
+    """Exact: drop every column with an earlier unbounded column in its cell (sorted by
+    cost, then throughput descending) that serves at least as much throughput."""
+    if len(pos) == 0:
+        return pos
+    cell = _cells(p, d, c, pos, region=True)
+    cost, level = c.cost[pos], _level(d, c, pos)
+    order = np.lexsort((pos, -level, cost, cell))
+    pos, cell, level = pos[order], cell[order], level[order]
+    rank = np.unique(level, return_inverse=True)[1].astype(np.int64)
+    group = _sorted_groups(cell)
+    span = int(rank.max()) + 2
+    value = group * span + np.where(np.isinf(c.room[pos]), rank, -1)
+    best = np.maximum.accumulate(value)
+    before = np.empty_like(best)
+    before[0] = -1
+    before[1:] = best[:-1]
+    starts = np.r_[True, group[1:] != group[:-1]]
+    before = np.where(starts, group * span - 1, before)
+    dominated = (before - group * span) >= rank
+    kept: IntArray = pos[~dominated]
+    return kept
+
+
+def _coverage(
+    p: Problem, d: _Demands, c: _Candidates, pos: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """Checked: within a cell and throughput level, keep bounded columns cheapest first
+    until their capacity covers the workload's need there. Returns kept positions and
+    the coverage groups (kept prefix, dropped) for the widening check."""
+    empty = np.zeros(0, dtype=np.int64)
+    if len(pos) == 0:
+        return pos, empty, empty, empty, empty
+    cell = _cells(p, d, c, pos, region=True)
+    level = _level(d, c, pos)
+    rank = np.unique(level, return_inverse=True)[1].astype(np.int64)
+    order = np.lexsort((pos, c.cost[pos], rank, cell))
+    pos, cell, rank = pos[order], cell[order], rank[order]
+    group = _sorted_groups(cell * (int(rank.max()) + 1) + rank)
+    w = c.workload[pos]
+    with np.errstate(divide="ignore"):
+        need = np.where(
+            d.throughput_sized[w],
+            np.ceil(d.target[w] / c.throughput[pos] - _EPS),
+            d.replicas[w],
+        )
+    bounded = ~np.isinf(c.room[pos])
+    room = np.where(bounded, c.room[pos], 0.0)
+    total = np.cumsum(room)
+    starts = np.r_[True, group[1:] != group[:-1]]
+    base = np.maximum.accumulate(np.where(starts, total - room, 0.0))
+    covered_before = total - room - base
+    drop = bounded & (covered_before >= need)
+    dropped_groups = np.unique(group[drop])
+    in_dropped_group = np.isin(group, dropped_groups)
+    prefix_mask = in_dropped_group & bounded & ~drop
+    return (
+        pos[~drop],
+        pos[prefix_mask],
+        group[prefix_mask],
+        pos[drop],
+        group[drop],
+    )
+
+
+def _prune_regions(
+    p: Problem, d: _Demands, c: _Candidates, pos: IntArray
+) -> tuple[IntArray, IntArray]:
+    """Exact region pruning for workloads needing ``d`` ≥ 2 distinct regions (see the
+    module docstring). Returns kept and pruned positions."""
+    w = c.workload[pos]
+    spread = d.min_regions[w] > 1
+    if not spread.any():
+        return pos, np.zeros(0, dtype=np.int64)
+    others, sp = pos[~spread], pos[spread]
+    level = _level(d, c, sp)
+    rank = np.unique(level, return_inverse=True)[1].astype(np.int64)
+    sub = _cells(p, d, c, sp, region=False) * (int(rank.max()) + 1) + rank
+    region = p.offer_region[c.offer[sp]]
+    n_regions = int(p.offer_region.max()) + 1
+    pair_key = sub * n_regions + region
+    pair_ids, pair = np.unique(pair_key, return_inverse=True)
+    n_pairs = len(pair_ids)
+    pair_sub, pair_region = pair_ids // n_regions, pair_ids % n_regions
+    cost = c.cost[sp]
+    q = np.full(n_pairs, np.inf)
+    unbounded = np.isinf(c.room[sp])
+    np.minimum.at(q, pair[unbounded], cost[unbounded])
+    m = np.full(n_pairs, np.inf)
+    np.minimum.at(m, pair, cost)
+    need = np.zeros(n_pairs, dtype=np.int64)
+    need[pair] = d.min_regions[c.workload[sp]]
+
+    order = np.lexsort((pair_region, q, pair_sub))
+    sub_sorted = pair_sub[order]
+    group = _sorted_groups(sub_sorted)
+    first = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1]
+    rank_in = np.arange(n_pairs) - first[group]
+    in_top = np.zeros(n_pairs, dtype=np.bool_)
+    in_top[order] = (rank_in < need[order]) & np.isfinite(q[order])
+    # The d-th smallest unbounded price per sub-cell (inf when fewer than d exist).
+    q_d_by_group = np.full(len(first), np.inf)
+    at_d = rank_in == need[order] - 1
+    q_d_by_group[group[at_d]] = q[order][at_d]
+    q_d = np.empty(n_pairs)
+    q_d[order] = q_d_by_group[group]
+    keep_pair = in_top | (m < q_d)
+    keep = keep_pair[pair]
+    kept: IntArray = np.concatenate([others, sp[keep]])
+    pruned: IntArray = sp[~keep]
+    return kept, pruned
+
+
+# ------------------------------------------------------------------------------ model
+
+
+@dataclass(frozen=True, eq=False)
+class _Model:
+    cols: IntArray
+    """Candidate positions of the x variables."""
+    n_vars: int
+    cost: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+    integer: IntArray
+    row_lower: FloatArray
+    row_upper: FloatArray
+    start: IntArray
+    index: IntArray
+    value: FloatArray
+    offset: float
+    slack: IntArray
+    """Penalised variables (u: unplaced replicas; z: placed, rewarded) ..."""
+    slack_weight: FloatArray
+    """... and their objective coefficients in phase one."""
+    slack_offset: float
+    unplaced_var: IntArray
+    """Per workload: its u variable, or -1."""
+    placed_var: IntArray
+    """Per workload: its z variable, or -1."""
+    trivial: FloatArray
+    """Everything unplaced: feasible, a start the solver can always improve on."""
+    links: tuple[tuple[IntArray, IntArray, IntArray], ...]
+    """Distinct-place indicators: (y variables, pair of each linked x, that x)."""
+
+
+class _Rows:
+    """Collects a sparse matrix as triplets, in bulk."""
+
+    def __init__(self) -> None:
+        self.rows: list[IntArray] = []
+        self.cols: list[IntArray] = []
+        self.vals: list[FloatArray] = []
+        self.lower: list[FloatArray] = []
+        self.upper: list[FloatArray] = []
+        self.n = 0
+
+    def add_rows(self, lower: FloatArray, upper: FloatArray) -> int:
+        first = self.n
+        self.lower.append(np.asarray(lower, dtype=np.float64))
+        self.upper.append(np.asarray(upper, dtype=np.float64))
+        self.n += len(lower)
+        return first
+
+    def add(self, rows: IntArray, cols: IntArray, vals: FloatArray | float) -> None:
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+        self.cols.append(np.asarray(cols, dtype=np.int64))
+        self.vals.append(np.broadcast_to(np.asarray(vals, dtype=np.float64), len(rows)))
+
+    def csr(self) -> tuple[FloatArray, FloatArray, IntArray, IntArray, FloatArray]:
+        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
+        cols = np.concatenate(self.cols) if self.cols else np.zeros(0, np.int64)
+        vals = np.concatenate(self.vals) if self.vals else np.zeros(0)
+        order = np.argsort(rows, kind="stable")
+        start = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=self.n), out=start[1:])
+        lower = np.concatenate(self.lower) if self.lower else np.zeros(0)
+        upper = np.concatenate(self.upper) if self.upper else np.zeros(0)
+        return lower, upper, start, cols[order], vals[order]
+
+
+def _penalty(c: _Candidates, cols: IntArray) -> float:
+    """Cost of one unplaced replica: far above any real cost of one replica."""
+    top = float(c.cost[cols].max()) if len(cols) else 1.0
+    return 1e3 * max(top, 1.0)
+
+
+_ROUNDING_LEVELS = 3
+
+
+def _add_rounding_cuts(
+    a: _Rows,
+    d: _Demands,
+    w: IntArray,
+    x: IntArray,
+    cost: FloatArray,
+    tput: FloatArray,
+    placed_var: IntArray,
+) -> None:
+    """Chvátal–Gomory rounding of each throughput row, at the throughput levels its
+    cheapest tokens come from: Σ ⌈tput_j/u⌉·x_j ≥ ⌈target/u⌉·z. Valid for integer x
+    and binary z; without them the LP relaxation buys fractions of replicas and the
+    bound stays far below any placement."""
+    on = d.throughput_sized[w]
+    if not on.any():
+        return
+    ws, ts = w[on], tput[on]
+    span_ids, pair = np.unique(np.stack([ws, ts.view(np.int64)]), axis=1, return_inverse=True)
+    pair = pair.ravel()
+    n_pairs = span_ids.shape[1]
+    pair_w = span_ids[0]
+    pair_t = span_ids[1].copy().view(np.float64)
+    price = np.full(n_pairs, np.inf)
+    np.minimum.at(price, pair, cost[on] / ts)
+    order = np.lexsort((price, pair_w))
+    group = _sorted_groups(pair_w[order])
+    first = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1]
+    rank = np.arange(n_pairs) - first[group]
+    level_of = order[rank < _ROUNDING_LEVELS]
+    if len(level_of) == 0:
+        return
+    levels_w, levels_t = pair_w[level_of], pair_t[level_of]
+    need = np.ceil(d.target[levels_w] / levels_t - _EPS)
+    rows = a.add_rows(np.zeros(len(level_of)), np.full(len(level_of), np.inf))
+    a.add(rows + np.arange(len(level_of)), placed_var[levels_w], -need)
+    # Entries: every column of the workload, once per level of that workload.
+    start = np.searchsorted(levels_w, np.arange(len(d.replicas)))
+    count = np.bincount(levels_w, minlength=len(d.replicas))
+    reps = count[ws]
+    col = np.repeat(np.flatnonzero(on), reps)
+    ends = np.cumsum(reps)
+    level = (
+        np.repeat(start[ws], reps)
+        + np.arange(int(ends[-1]) if len(ends) else 0)
+        - np.repeat(ends - reps, reps)
+    )
+    a.add(rows + level, x[col], np.ceil(tput[col] / levels_t[level] - _EPS))
+
+
+def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
+    n_w = p.n_workloads
+    m = len(cols)
+    w = c.workload[cols]
+    o = c.offer[cols]
+    cost = c.cost[cols]
+    tput = c.throughput[cols]
+    gpus = d.gpus[w]
+    region = p.offer_region[o]
+    provider = p.offer_provider[o]
+    spot = p.offer_spot[o]
+    x = np.arange(m, dtype=np.int64)
+    active = np.bincount(w, minlength=n_w) > 0
+    sized = d.throughput_sized
+    spread = active & ((d.min_regions > 1) | (d.min_providers > 1))
+    penalty = _penalty(c, cols)
+
+    var_cost = [cost]
+    var_lower = [np.zeros(m)]
+    var_upper = [c.upper[cols]]
+    var_int = [np.ones(m, dtype=np.int64)]
+    n_vars = m
+
+    def new_vars(
+        count: int, lo: float, hi: FloatArray | float, obj: FloatArray | float, kind: int
+    ) -> IntArray:
+        nonlocal n_vars
+        first = n_vars
+        n_vars += count
+        var_cost.append(np.broadcast_to(np.asarray(obj, np.float64), count).copy())
+        var_lower.append(np.full(count, lo))
+        var_upper.append(np.broadcast_to(np.asarray(hi, np.float64), count).copy())
+        var_int.append(np.full(count, kind, dtype=np.int64))
+        return np.arange(first, first + count, dtype=np.int64)
+
+    unplaced_var = np.full(n_w, -1, dtype=np.int64)
+    placed_var = np.full(n_w, -1, dtype=np.int64)
+    by_replicas = np.flatnonzero(active & ~sized)
+    unplaced_var[by_replicas] = new_vars(len(by_replicas), 0.0, d.replicas[by_replicas], penalty, 0)
+    by_tput = np.flatnonzero(active & sized)
+    max_tput = np.zeros(n_w)
+    np.maximum.at(max_tput, w, tput)
+    weight = penalty * np.ceil(d.target / np.maximum(max_tput, _EPS) - _EPS)
+    placed_var[by_tput] = new_vars(len(by_tput), 0.0, 1.0, -weight[by_tput], 1)
+    offset = float(weight[by_tput].sum())
+    spread_replica = np.flatnonzero(spread & ~sized)
+    placed_var[spread_replica] = new_vars(len(spread_replica), 0.0, 1.0, 0.0, 1)
+
+    a = _Rows()
+    # Demand.
+    row = np.full(n_w, -1, dtype=np.int64)
+    row[by_replicas] = a.add_rows(d.replicas[by_replicas], d.replicas[by_replicas]) + np.arange(
+        len(by_replicas)
+    )
+    a.add(row[by_replicas], unplaced_var[by_replicas], 1.0)
+    row[by_tput] = a.add_rows(np.zeros(len(by_tput)), np.full(len(by_tput), np.inf)) + np.arange(
+        len(by_tput)
+    )
+    a.add(row[by_tput], placed_var[by_tput], -1.0)
+    # Throughput rows in units of the target: Σ (tput/target)·x ≥ z.
+    a.add(row[w], x, np.where(sized[w], tput / np.where(sized[w], d.target[w], 1.0), 1.0))
+    _add_rounding_cuts(a, d, w, x, cost, tput, placed_var)
+    # The total of a throughput-sized workload with share rules (see _prepare).
+    capped_total = np.flatnonzero(active & np.isfinite(c.total_cap))
+    if len(capped_total):
+        first = a.add_rows(np.full(len(capped_total), -np.inf), c.total_cap[capped_total])
+        total_row = np.full(n_w, -1, dtype=np.int64)
+        total_row[capped_total] = first + np.arange(len(capped_total))
+        on = total_row[w] >= 0
+        a.add(total_row[w[on]], x[on], 1.0)
+    # A spread replica-sized workload places nothing unless placed (z = 1).
+    if len(spread_replica):
+        link = a.add_rows(np.full(len(spread_replica), -np.inf), np.zeros(len(spread_replica)))
+        link_row = np.full(n_w, -1, dtype=np.int64)
+        link_row[spread_replica] = link + np.arange(len(spread_replica))
+        on = spread[w] & ~sized[w]
+        a.add(link_row[w[on]], x[on], 1.0)
+        a.add(link_row[spread_replica], placed_var[spread_replica], -d.replicas[spread_replica])
+    # Distinct regions and providers: y ≤ Σx per (workload, place), Σy ≥ d·z.
+    links: list[tuple[IntArray, IntArray, IntArray]] = []
+    for need, place in ((d.min_regions, region), (d.min_providers, provider)):
+        on = need[w] > 1
+        if not on.any():
+            continue
+        span = int(place.max()) + 1
+        pair_ids, pair = np.unique(w[on] * span + place[on], return_inverse=True)
+        pair_w = pair_ids // span
+        y = new_vars(len(pair_ids), 0.0, 1.0, 0.0, 0)
+        link = a.add_rows(np.full(len(pair_ids), -np.inf), np.zeros(len(pair_ids)))
+        a.add(link + np.arange(len(pair_ids)), y, 1.0)
+        a.add(link + pair, x[on], -1.0)
+        links.append((y, pair.astype(np.int64), x[on]))
+        needing = np.unique(pair_w)
+        count_row = np.full(n_w, -1, dtype=np.int64)
+        count_row[needing] = a.add_rows(np.zeros(len(needing)), np.full(len(needing), np.inf)) + (
+            np.arange(len(needing))
+        )
+        a.add(count_row[pair_w], y, 1.0)
+        a.add(count_row[needing], placed_var[needing], -need[needing].astype(np.float64))
+    # Provider share: Σ_{j∈w,p} x_j − s·Σ_{j∈w} x_j ≤ 0 for each provider p of w.
+    on = d.provider_share[w] < 1
+    if on.any():
+        span = int(provider.max()) + 1
+        pair_ids = np.unique(w[on] * span + provider[on])
+        pair_w, pair_p = pair_ids // span, pair_ids % span
+        first = a.add_rows(np.full(len(pair_ids), -np.inf), np.zeros(len(pair_ids)))
+        start = np.searchsorted(pair_w, np.arange(n_w))
+        count = np.bincount(pair_w, minlength=n_w)
+        cols_on = x[on]
+        reps = count[w[on]]
+        col_rep = np.repeat(cols_on, reps)
+        ends = np.cumsum(reps)
+        within = np.arange(int(ends[-1])) - np.repeat(ends - reps, reps)
+        pair_of = np.repeat(start[w[on]], reps) + within
+        coef = (provider[col_rep] == pair_p[pair_of]) - d.provider_share[w[col_rep]]
+        a.add(first + pair_of, col_rep, coef)
+        # The same rule counted for a full placement, ⌊share·replicas⌋: implied for
+        # integers, but it keeps the LP relaxation from splitting replicas in halves.
+        capped = ~sized[pair_w]
+        if capped.any():
+            cap_rows = a.add_rows(
+                np.full(int(capped.sum()), -np.inf), d.provider_cap[pair_w[capped]]
+            )
+            cap_row = np.full(len(pair_ids), -1, dtype=np.int64)
+            cap_row[capped] = cap_rows + np.arange(int(capped.sum()))
+            key = w[on] * span + provider[on]
+            pair_of_col = np.searchsorted(pair_ids, key)
+            has = cap_row[pair_of_col] >= 0
+            a.add(cap_row[pair_of_col[has]], x[on][has], 1.0)
+    # Spot share: Σ_{spot} x − s·Σ x ≤ 0.
+    has_spot = np.bincount(w[spot], minlength=n_w) > 0
+    spot_rows = np.flatnonzero(active & has_spot & (d.spot_share < 1))
+    if len(spot_rows):
+        first = a.add_rows(np.full(len(spot_rows), -np.inf), np.zeros(len(spot_rows)))
+        spot_row = np.full(n_w, -1, dtype=np.int64)
+        spot_row[spot_rows] = first + np.arange(len(spot_rows))
+        on = spot_row[w] >= 0
+        a.add(spot_row[w[on]], x[on], spot[on] - d.spot_share[w[on]])
+        capped = spot_rows[~sized[spot_rows]]
+        if len(capped):
+            first = a.add_rows(np.full(len(capped), -np.inf), d.spot_cap[capped])
+            cap_row = np.full(n_w, -1, dtype=np.int64)
+            cap_row[capped] = first + np.arange(len(capped))
+            on = spot & (cap_row[w] >= 0)
+            a.add(cap_row[w[on]], x[on], 1.0)
+    # Capacity per bounded offer.
+    bounded = np.isfinite(c.capacity[o])
+    if bounded.any():
+        offers, which = np.unique(o[bounded], return_inverse=True)
+        first = a.add_rows(np.full(len(offers), -np.inf), c.capacity[offers])
+        a.add(first + which, x[bounded], gpus[bounded])
+    # Budgets.
+    group = d.budget_group[w]
+    budgeted = group >= 0
+    if budgeted.any():
+        groups, which = np.unique(group[budgeted], return_inverse=True)
+        limits = np.array(p.budgets, dtype=np.float64)[groups]
+        first = a.add_rows(np.full(len(groups), -np.inf), limits)
+        a.add(first + which, x[budgeted], cost[budgeted])
+
+    row_lower, row_upper, start_, index, value = a.csr()
+    slack = np.concatenate([unplaced_var[by_replicas], placed_var[by_tput]])
+    slack_weight = np.concatenate([np.full(len(by_replicas), penalty), -weight[by_tput]])
+    trivial = np.zeros(n_vars)
+    trivial[unplaced_var[by_replicas]] = d.replicas[by_replicas]
+    return _Model(
+        cols=cols,
+        n_vars=n_vars,
+        cost=np.concatenate(var_cost),
+        lower=np.concatenate(var_lower),
+        upper=np.concatenate(var_upper),
+        integer=np.concatenate(var_int),
+        row_lower=row_lower,
+        row_upper=row_upper,
+        start=start_,
+        index=index,
+        value=value,
+        offset=offset,
+        slack=slack,
+        slack_weight=slack_weight,
+        slack_offset=offset,
+        unplaced_var=unplaced_var,
+        placed_var=placed_var,
+        trivial=trivial,
+        links=tuple(links),
+    )
+
+
+# ---------------------------------------------------------------------------- solving
+
+
+@dataclass
+class _Run:
+    values: FloatArray
+    optimal: bool
+    time_limited: bool
+    gap: float
+    seconds: float
+    solves: int = 1
+
+
+def _highs(model: _Model, *, time_limit: float, mip_rel_gap: float) -> highspy.Highs:
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("mip_rel_gap", mip_rel_gap)
+    h.setOptionValue("time_limit", max(time_limit, 1e-3))
+    h.passModel(
+        model.n_vars,
+        len(model.row_lower),
+        len(model.index),
+        int(highspy.MatrixFormat.kRowwise),
+        int(highspy.ObjSense.kMinimize),
+        model.offset,
+        model.cost,
+        model.lower,
+        np.where(np.isinf(model.upper), highspy.kHighsInf, model.upper),
+        np.where(np.isinf(model.row_lower), -highspy.kHighsInf, model.row_lower),
+        np.where(np.isinf(model.row_upper), highspy.kHighsInf, model.row_upper),
+        model.start.astype(np.int32),
+        model.index.astype(np.int32),
+        model.value,
+        model.integer.astype(np.int32),
+    )
+    return h
+
+
+def _run_once(h: highspy.Highs, start: FloatArray) -> _Run:
+    h.setSolution(len(start), np.arange(len(start), dtype=np.int32), start)
+    h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    values = np.asarray(h.getSolution().col_value, dtype=np.float64)
+    if len(values) != len(start) or info.primal_solution_status != 2:  # kSolutionStatusFeasible
+        values = start
+    return _Run(
+        values=values,
+        optimal=status == highspy.HighsModelStatus.kOptimal,
+        time_limited=status == highspy.HighsModelStatus.kTimeLimit,
+        gap=float(info.mip_gap) if math.isfinite(info.mip_gap) else math.inf,
+        seconds=float(h.getRunTime()),
+    )
+
+
+class _CountSettled:
+    """Stops phase one once the incumbent leaves replicas unplaced and the bound shows
+    no placement leaves fewer (within half a replica's penalty plus the allowed gap on
+    the real cost): which replicas stay unplaced is then settled and the real cost is
+    phase two's job. Without it HiGHS would try to close the gap on the penalty, a
+    knapsack bound that is always a fraction of a replica away."""
+
+    def __init__(self, model: _Model, mip_rel_gap: float) -> None:
+        self.slack = model.slack
+        self.weight = model.slack_weight
+        self.offset = model.slack_offset
+        self.unit = float(np.abs(model.slack_weight).min()) if len(model.slack) else 0.0
+        self.gap = mip_rel_gap
+        self.penalty = 0.0
+        self.stopped = False
+
+    def improved(self, e: highspy.highs.HighsCallbackEvent) -> None:
+        solution = np.asarray(e.data_out.mip_solution, dtype=np.float64)
+        self.penalty = float(self.weight @ solution[self.slack]) + self.offset
+
+    def interrupt(self, e: highspy.highs.HighsCallbackEvent) -> None:
+        if self.penalty < 0.5 * self.unit:
+            return
+        primal, dual = e.data_out.mip_primal_bound, e.data_out.mip_dual_bound
+        real = max(primal - self.penalty, 0.0)
+        if primal - dual < 0.5 * self.unit + self.gap * real:
+            self.stopped = True
+            e.interrupt()
+
+
+def _solve_model(
+    model: _Model, start: FloatArray, *, time_limit: float, mip_rel_gap: float
+) -> _Run:
+    """Phase one: fewest unplaced, then cheapest. If any stay unplaced, phase two fixes
+    how many and minimises the real cost alone (the penalty would swamp the gap)."""
+    h = _highs(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+    settled = _CountSettled(model, mip_rel_gap)
+    settled.penalty = float(model.slack_weight @ start[model.slack]) + model.slack_offset
+    h.cbMipImprovingSolution.subscribe(settled.improved)
+    h.cbMipInterrupt.subscribe(settled.interrupt)
+    first = _run_once(h, start)
+    penalty = float(model.slack_weight @ first.values[model.slack]) + model.slack_offset
+    remaining = time_limit - first.seconds
+    if penalty < 0.5 * settled.unit or first.time_limited or remaining <= 0:
+        return first
+    h.cbMipImprovingSolution.unsubscribe(settled.improved)
+    h.cbMipInterrupt.unsubscribe(settled.interrupt)
+    h.changeColsCost(len(model.slack), model.slack.astype(np.int32), np.zeros(len(model.slack)))
+    h.changeObjectiveOffset(0.0)
+    h.addRow(
+        -highspy.kHighsInf,
+        penalty - model.slack_offset + 0.5 * settled.unit,
+        len(model.slack),
+        model.slack.astype(np.int32),
+        model.slack_weight,
+    )
+    h.setOptionValue("time_limit", remaining)
+    second = _run_once(h, first.values)
+    second.solves = 2
+    return second
+
+
+def solve(
+    problem: Problem,
+    *,
+    time_limit: float = 30.0,
+    mip_rel_gap: float = 0.005,
+    reduce: bool = True,
+) -> Solution:
+    """The cheapest placement of every workload's replicas (see the module docstring).
+
+    ``time_limit`` bounds HiGHS's run time in seconds across all solves; a placement
+    found by then is returned with ``time_limited=True``. ``reduce=False`` solves the
+    unreduced problem (every given column).
+    """
+    d = _Demands.of(problem.workloads)
+    c = _prepare(problem, d)
+    n_cand = len(c.index)
+    if reduce and n_cand:
+        red = _reduce(problem, d, c)
+    else:
+        empty = np.zeros(0, dtype=np.int64)
+        red = _Reduction(np.arange(n_cand, dtype=np.int64), empty, empty, empty, empty)
+    cols = red.kept
+    pending = np.ones(len(np.unique(red.prefix_group)), dtype=np.bool_)
+    group_ids = np.unique(red.prefix_group)
+    prefix_g = np.searchsorted(group_ids, red.prefix_group)
+    dropped_g = np.searchsorted(group_ids, red.dropped_group)
+
+    seconds, solves, widenings = 0.0, 0, 0
+    run: _Run | None = None
+    model: _Model | None = None
+    certified = True
+    x_prev = np.zeros(n_cand)
+    while len(cols):
+        model = _build(problem, d, c, cols)
+        start = model.trivial.copy()
+        if run is not None:
+            start[: len(cols)] = x_prev[cols]
+            start = _restart(model, start, d, c)
+        run = _solve_model(model, start, time_limit=time_limit - seconds, mip_rel_gap=mip_rel_gap)
+        seconds += run.seconds
+        solves += run.solves
+        x_prev = np.zeros(n_cand)
+        x_prev[cols] = np.rint(run.values[: len(cols)])
+        if not pending.any():
+            break
+        full = _bound_groups(d, c, x_prev, red.prefix, prefix_g, len(group_ids)) & pending
+        if not full.any():
+            break
+        if run.time_limited or seconds >= time_limit or widenings >= _MAX_WIDENINGS:
+            certified = False
+            break
+        pending &= ~full
+        cols = np.union1d(cols, red.dropped[full[dropped_g]])
+        widenings += 1
+
+    return _solution(
+        problem, d, c, cols, model, run, x_prev,
+        seconds=seconds, solves=solves, widenings=widenings, certified=certified,
+    )  # fmt: skip
+
+
+def _restart(model: _Model, start: FloatArray, d: _Demands, c: _Candidates) -> FloatArray:
+    """Make a previous placement, mapped onto a wider model, a feasible start: set the
+    slack, indicator and distinct-place variables to match it."""
+    m = len(model.cols)
+    x = start[:m]
+    w = c.workload[model.cols]
+    placed = np.bincount(w, weights=x, minlength=len(d.replicas))
+    reps = model.unplaced_var >= 0
+    start[model.unplaced_var[reps]] = d.replicas[reps] - placed[reps]
+    z = model.placed_var >= 0
+    start[model.placed_var[z]] = (placed[z] > 0).astype(np.float64)
+    for y, pair, xs in model.links:
+        start[y] = np.minimum(1.0, np.bincount(pair, weights=x[xs], minlength=len(y)))
+    return start
+
+
+def _bound_groups(
+    d: _Demands, c: _Candidates, x: FloatArray, prefix: IntArray, prefix_g: IntArray, n: int
+) -> BoolArray:
+    """Coverage groups whose every kept bounded column has no room for another replica."""
+    used = np.bincount(c.offer, weights=d.gpus[c.workload] * x, minlength=len(c.capacity))
+    o = c.offer[prefix]
+    full = (c.capacity[o] - used[o]) < d.gpus[c.workload[prefix]] - _EPS
+    total = np.bincount(prefix_g, minlength=n)
+    n_full = np.bincount(prefix_g, weights=full.astype(np.float64), minlength=n)
+    result: BoolArray = (total > 0) & (n_full >= total)
+    return result
+
+
+def _solution(
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
+    cols: IntArray,
+    model: _Model | None,
+    run: _Run | None,
+    x: FloatArray,
+    *,
+    seconds: float,
+    solves: int,
+    widenings: int,
+    certified: bool,
+) -> Solution:
+    n_w = p.n_workloads
+    w_all = c.workload
+    placed = np.bincount(w_all, weights=x, minlength=n_w)
+    # A throughput-sized workload is placed whole or not at all: its z says which (x
+    # may hold leftovers the solver had no reason to clear when z = 0).
+    reached = np.bincount(w_all, weights=x * c.throughput, minlength=n_w)
+    chosen = np.zeros(n_w, dtype=np.bool_)
+    if model is not None and run is not None:
+        has_z = model.placed_var >= 0
+        chosen[has_z] = run.values[model.placed_var[has_z]] > 0.5
+    short = d.throughput_sized & (~chosen | (reached < d.target * (1 - 1e-6)))
+    x = np.where(short[w_all], 0.0, x)
+    placed = np.where(short, 0.0, placed)
+    replicas = np.zeros(p.n_columns, dtype=np.int64)
+    replicas[c.index] = x.astype(np.int64)
+    replicas.flags.writeable = False
+
+    used: FloatArray = np.bincount(
+        c.offer, weights=d.gpus[w_all] * x, minlength=len(c.capacity)
+    ).astype(np.float64)
+    spent: FloatArray = np.bincount(
+        np.maximum(d.budget_group[w_all], 0),
+        weights=np.where(d.budget_group[w_all] >= 0, c.cost * x, 0.0),
+        minlength=max(len(p.budgets), 1),
+    ).astype(np.float64)
+    in_model = np.zeros(len(c.index), dtype=np.bool_)
+    in_model[cols] = True
+    time_limited = run.time_limited if run else False
+
+    outcomes = []
+    for w, wl in enumerate(p.workloads):
+        n_placed = int(np.rint(placed[w]))
+        if w in c.reasons:
+            outcomes.append(
+                WorkloadOutcome(wl.name, PlacementStatus.UNPLACEABLE, 0, (c.reasons[w],))
+            )
+            continue
+        complete = not short[w] if wl.min_throughput is not None else n_placed >= (wl.replicas or 0)
+        if complete:
+            outcomes.append(WorkloadOutcome(wl.name, PlacementStatus.PLACED, n_placed))
+            continue
+        mine = np.flatnonzero((w_all == w) & in_model)
+        reasons = _coupled_reasons(p, d, c, w, mine, used, spent, time_limited)
+        if wl.replicas is not None and n_placed > 0:
+            status = PlacementStatus.PARTIAL
+            reasons = tuple(f"{r}: {n_placed} of {wl.replicas} replicas placed" for r in reasons)
+        else:
+            status = PlacementStatus.UNPLACEABLE
+        outcomes.append(WorkloadOutcome(wl.name, status, n_placed, reasons))
+
+    return Solution(
+        replicas=replicas,
+        workloads=tuple(outcomes),
+        total_cost=float(p.col_cost @ replicas) if p.n_columns else 0.0,
+        gap=run.gap if run else 0.0,
+        optimal=(run.optimal if run else True) and certified,
+        time_limited=time_limited,
+        solve_seconds=seconds,
+        columns_before=p.n_columns,
+        columns_after=len(cols),
+        widenings=widenings,
+        solves=solves,
+    )
+
+
+def _coupled_reasons(
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
+    w: int,
+    mine: IntArray,
+    used: FloatArray,
+    spent: FloatArray,
+    time_limited: bool,
+) -> tuple[str, ...]:
+    reasons = []
+    o = c.offer[mine]
+    if np.any(c.capacity[o] - used[o] < d.gpus[w] - _EPS):
+        reasons.append("capacity exhausted")
+    b = int(d.budget_group[w])
+    if b >= 0 and len(mine) and p.budgets[b] - spent[b] < float(c.cost[mine].min()) - _EPS:
+        reasons.append(f"budget group {b} exceeded")
+    if not reasons:
+        reasons.append(
+            "no placement found within the time limit"
+            if time_limited
+            else "spread, share and spot rules cannot be met together"
+        )
+    return tuple(reasons)

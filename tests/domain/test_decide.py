@@ -1,0 +1,142 @@
+"""Deciding: policies + snapshot + workloads → placements, solved at once, with reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from arbiter.catalog import load_catalog
+from arbiter.domain.decide import decide
+from arbiter.domain.evaluation import PolicyBook
+from arbiter.domain.market import Offer
+from arbiter.domain.policy import Policy
+from arbiter.domain.snapshot import MarketSnapshot, OfferState, ZoneCarbon
+from arbiter.domain.workloads import GpuOption, Workload
+
+NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+CATALOG = load_catalog()
+
+
+def offer(
+    provider: str,
+    region: str,
+    price: float,
+    market: str = "on-demand",
+    accelerator: str = "H100",
+    count: int = 8,
+    **extra: object,
+) -> OfferState:
+    return OfferState(
+        offer=Offer(
+            provider=provider, region=region, instance_type=f"{accelerator}x{count}", market=market
+        ),
+        usd_per_hour=price,
+        seen_at=NOW,
+        accelerator=accelerator,
+        accelerator_count=count,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def eu_policy(**body: object) -> Policy:
+    base: dict[str, object] = {
+        "apiVersion": "arbiter/v1",
+        "kind": "PlacementPolicy",
+        "metadata": {"name": "eu"},
+        "constraints": [
+            {
+                "id": "eu-residency",
+                "sovereignty": {"data_classes": ["personal-eu"], "jurisdictions": ["EU", "EEA"]},
+            }
+        ],
+    }
+    base.update(body)
+    return Policy.model_validate(base)
+
+
+def chat(**changes: object) -> Workload:
+    fields: dict[str, object] = {
+        "name": "chat",
+        "data_class": "personal-eu",
+        "gpus_per_replica": 8,
+        "replicas": 2,
+        "gpu_options": (GpuOption(model="H100", tokens_per_second=2500),),
+    }
+    fields.update(changes)
+    return Workload(**fields)  # type: ignore[arg-type]
+
+
+def snapshot(*offers: OfferState, carbon: tuple[ZoneCarbon, ...] = ()) -> MarketSnapshot:
+    return MarketSnapshot.make(taken_at=NOW, offers=offers, carbon=carbon)
+
+
+def placed(decision: object) -> dict[str, int]:
+    return {p.offer.region_key: p.replicas for p in decision.placements}  # type: ignore[attr-defined]
+
+
+def test_the_cheapest_compliant_region_wins_even_when_a_non_compliant_one_is_cheaper() -> None:
+    snap = snapshot(
+        offer("aws", "us-east-1", 40),
+        offer("aws", "eu-central-1", 90),
+        offer("gcp", "europe-west4", 80),
+    )
+    (d,) = decide([chat()], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
+    assert placed(d) == {"gcp:europe-west4": 2}
+    assert d.usd_per_hour == 160
+
+
+def test_spread_puts_replicas_in_two_regions() -> None:
+    pol = eu_policy(redundancy={"spread": {"across": "region", "min_distinct": 2}})
+    snap = snapshot(offer("aws", "eu-central-1", 90), offer("gcp", "europe-west4", 80))
+    (d,) = decide([chat()], PolicyBook((pol,)), snap, CATALOG, NOW).decisions
+    assert placed(d) == {"aws:eu-central-1": 1, "gcp:europe-west4": 1}
+
+
+def test_a_workload_with_no_compliant_offer_is_explained_rule_by_rule() -> None:
+    snap = snapshot(offer("aws", "us-east-1", 40), offer("aws", "us-west-2", 45))
+    (d,) = decide([chat()], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
+    assert not d.placed
+    assert d.unplaceable_reasons[0].startswith("eu-residency excludes 2 of 2 offers")
+
+
+def test_a_data_class_no_policy_covers_is_never_placed() -> None:
+    snap = snapshot(offer("aws", "eu-central-1", 90))
+    (d,) = decide(
+        [chat(data_class="secret")], PolicyBook((eu_policy(),)), snap, CATALOG, NOW
+    ).decisions
+    assert not d.placed and "data-class-covered" in d.unplaceable_reasons[0]
+
+
+def test_a_stale_price_is_never_used() -> None:
+    snap = snapshot(offer("aws", "eu-central-1", 10, stale=True), offer("gcp", "europe-west4", 80))
+    (d,) = decide([chat()], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
+    assert placed(d) == {"gcp:europe-west4": 2}
+
+
+def test_throughput_per_dollar_decides_between_gpu_models() -> None:
+    w = chat(
+        gpus_per_replica=1,
+        replicas=None,
+        required_tokens_per_second=5000,
+        gpu_options=(
+            GpuOption(model="H100", tokens_per_second=2500),
+            GpuOption(model="A100-80GB", tokens_per_second=1000),
+        ),
+    )
+    # H100 at 2.1× the A100's price with 2.5× its throughput: the H100 wins
+    snap = snapshot(
+        offer("aws", "eu-central-1", 2.1, accelerator="H100", count=1),
+        offer("aws", "eu-central-1", 1.0, accelerator="A100-80GB", count=1),
+    )
+    (d,) = decide([w], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
+    assert {p.offer.instance_type: p.replicas for p in d.placements} == {"H100x1": 2}
+
+
+def test_carbon_is_reported_in_grams_per_hour() -> None:
+    snap = snapshot(
+        offer("gcp", "europe-west4", 80),
+        carbon=(
+            ZoneCarbon(zone="NL", gco2_per_kwh=300, basis="lifecycle", valid_at=NOW, source="em"),
+        ),
+    )
+    (d,) = decide([chat()], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
+    assert d.carbon_g_per_hour is not None and d.carbon_g_per_hour > 0
