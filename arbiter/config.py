@@ -154,6 +154,14 @@ class SourceConfig(_Section):
         return value
 
 
+class PoliciesConfig(_Section):
+    """Where the placement policies and the workloads are read from (files or
+    directories; relative paths are taken from the working directory)."""
+
+    paths: tuple[Path, ...] = (Path("policies"),)
+    workloads: tuple[Path, ...] = (Path("workloads"),)
+
+
 class Settings(_Section):
     database: DatabaseConfig = DatabaseConfig()
     daemon: DaemonConfig = DaemonConfig()
@@ -161,6 +169,7 @@ class Settings(_Section):
     catalog: CatalogConfig = CatalogConfig()
     http: HttpConfig = HttpConfig()
     store: StoreConfig = StoreConfig()
+    policies: PoliciesConfig = PoliciesConfig()
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Market-data sources by name; empty means the embedded default (recorded data)."""
 

@@ -46,6 +46,7 @@ class CatalogError(ArbiterError):
     def __init__(
         self, message: str, *, source: str, line: int | None = None, field: str | None = None
     ) -> None:
+        self.message = message
         self.source = source
         self.line = line
         self.field = field
@@ -99,6 +100,7 @@ class PolicyError(ArbiterError):
         column: int | None = None,
         field: str | None = None,
     ) -> None:
+        self.message = message
         self.source = source
         self.line = line
         self.column = column

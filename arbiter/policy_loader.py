@@ -368,7 +368,16 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
-def _walk(root: Path, files: list[_File], findings: list[PolicyFinding]) -> None:
+def _is_test(name: str) -> bool:
+    return name.endswith(TEST_SUFFIXES)
+
+
+def _walk(
+    root: Path,
+    files: list[_File],
+    findings: list[PolicyFinding],
+    wanted: Callable[[str], bool] = _is_yaml,
+) -> None:
     real_root = root.resolve()
 
     def escapes(entry: Path) -> bool:
@@ -395,7 +404,7 @@ def _walk(root: Path, files: list[_File], findings: list[PolicyFinding]) -> None
                 escapes(entry)
         for name in sorted(filenames):
             entry = here / name
-            if not _is_yaml(name):
+            if not wanted(name):
                 continue
             if entry.is_symlink():
                 if not entry.exists():
@@ -406,7 +415,12 @@ def _walk(root: Path, files: list[_File], findings: list[PolicyFinding]) -> None
             files.append(_File(str(entry), entry.resolve()))
 
 
-def _discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[_File], list[PolicyFinding]]:
+def _discover(
+    paths: Iterable[str | os.PathLike[str]], *, tests: bool = False
+) -> tuple[list[_File], list[PolicyFinding]]:
+    """The files to read under ``paths``: policy/workload files, or with ``tests`` the
+    policy test files (``*.test.yaml``)."""
+    wanted = _is_test if tests else _is_yaml
     files: list[_File] = []
     findings: list[PolicyFinding] = []
     if isinstance(paths, str | os.PathLike):
@@ -414,9 +428,9 @@ def _discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[_File], lis
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            _walk(path, files, findings)
+            _walk(path, files, findings, wanted)
         elif path.exists():
-            if not path.name.endswith(TEST_SUFFIXES):
+            if path.name.endswith(TEST_SUFFIXES) == tests:
                 files.append(_File(str(path), path.resolve()))
         else:
             findings.append(PolicyFinding("no such file or directory", source=str(path)))

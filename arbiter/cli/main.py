@@ -111,14 +111,27 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None) -
     Daemon:     arbiter run
     Market:     arbiter poll --once [--source NAME]
     Store:      arbiter db upgrade | downgrade | current
-    Read-only:  arbiter status | workloads | migrations | decisions
+    Read-only:  arbiter status | workloads | migrations | decisions | explain
                 arbiter prices | capacity | carbon | sources | regions
+    Policies:   arbiter policy validate | test | diff | schema
+                arbiter snapshot export
     """
     ctx.obj = Context(config_path, database_url)
 
 
 def _register() -> None:
-    from arbiter.cli import config_cmd, db, fleet, market, poll, regions, run, snapshot
+    from arbiter.cli import (
+        config_cmd,
+        db,
+        explain,
+        fleet,
+        market,
+        policy,
+        poll,
+        regions,
+        run,
+        snapshot,
+    )
 
     cli.add_command(run.run)
     cli.add_command(poll.poll)
@@ -134,6 +147,8 @@ def _register() -> None:
     cli.add_command(fleet.migrations)
     cli.add_command(fleet.decisions)
     cli.add_command(config_cmd.config)
+    cli.add_command(policy.policy)
+    cli.add_command(explain.explain)
 
 
 _register()

@@ -43,22 +43,3 @@ def export(obj: Any, path: Path | None) -> None:
             f"→ {path}",
             err=True,
         )
-
-
-def load_snapshot(path: Path) -> Any:
-    """Read a snapshot file; errors name the file and the field."""
-    from pydantic import ValidationError
-
-    from arbiter.domain.snapshot import MarketSnapshot
-    from arbiter.errors import PolicyError
-
-    try:
-        return MarketSnapshot.model_validate_json(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"cannot read snapshot: {exc.strerror}", source=str(path)) from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise PolicyError(
-            f"not a market snapshot: {err['msg']}", source=str(path), field=field
-        ) from None

@@ -32,6 +32,20 @@ class Outcome:
     decisions: tuple[Decision, ...]
     solution: Solution
     columns: int
+    evaluators: tuple[WorkloadEvaluator, ...] = ()
+    """One per workload, in order: what :func:`arbiter.domain.explain.explain` reads."""
+
+    def decision(self, workload: str) -> Decision:
+        for d in self.decisions:
+            if d.workload == workload:
+                return d
+        raise KeyError(workload)
+
+    def evaluator(self, workload: str) -> WorkloadEvaluator:
+        for e in self.evaluators:
+            if e.workload.name == workload:
+                return e
+        raise KeyError(workload)
 
 
 class _Offers:
@@ -67,6 +81,9 @@ class _Offers:
             (s.offer.market is Market.SPOT for s in states), dtype=bool, count=n
         )
         self.stale = np.fromiter((s.stale for s in states), dtype=bool, count=n)
+        self.implausible = np.fromiter(
+            (snapshot.implausibly_cheap(s) is not None for s in states), dtype=bool, count=n
+        )
         self.price = np.fromiter((s.usd_per_hour for s in states), dtype=float, count=n)
         self.bucket = np.fromiter(
             (2.0 if s.interruption_bucket is None else s.interruption_bucket for s in states),
@@ -101,7 +118,11 @@ def decide(
     *,
     policy_revision: str = "",
     time_limit: float = 30.0,
+    mip_rel_gap: float = 1e-6,
 ) -> Outcome:
+    """Decide every workload at once. ``mip_rel_gap`` is tight by default: a gap
+    relative to the whole fleet's cost would let a small workload sit on a dearer offer
+    within the slack, and move back and forth between runs on unchanged inputs."""
     offers = _Offers(snapshot, catalog)
     demands: list[WorkloadDemand] = []
     col_w: list[np.ndarray] = []
@@ -126,7 +147,9 @@ def decide(
             [not _excludes(ev.type_verdicts(*shape)) for shape in offers.shapes], dtype=bool
         )
         spot_ok, _ = ev.spot_allowed()
-        mask = region_ok[offers.region] & type_ok[offers.shape] & ~offers.stale
+        mask = (
+            region_ok[offers.region] & type_ok[offers.shape] & ~offers.stale & ~offers.implausible
+        )
         if not spot_ok:
             mask &= ~offers.spot
         chosen = np.flatnonzero(mask)
@@ -152,10 +175,16 @@ def decide(
             price * terms.objective.interruption_premium * offers.bucket[chosen] / 4,
             0.0,
         )
+        tps = tps_by_shape[offers.shape[chosen]]
+        effective = price + carbon_usd + risk
+        if workload.replicas is not None and len(chosen):
+            # A replica count fixes how many replicas, not which GPU: compare options by
+            # cost per unit of throughput, priced as one replica on the fastest option.
+            effective = effective * (tps.max() / np.maximum(tps, 1e-9))
         col_w.append(np.full(len(chosen), index, dtype=np.int64))
         col_o.append(chosen)
-        col_cost.append(price + carbon_usd + risk)
-        col_tps.append(tps_by_shape[offers.shape[chosen]])
+        col_cost.append(effective)
+        col_tps.append(tps)
         col_price.append(price)
         col_grams.append(grams)
 
@@ -203,7 +232,7 @@ def decide(
         offer_capacity_gpus=offers.capacity,
         budgets=budgets,
     )
-    solution = solve(problem, time_limit=time_limit)
+    solution = solve(problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
     price_all = cat(col_price, float)
     grams_all = cat(col_grams, float)
 
@@ -242,7 +271,12 @@ def decide(
                 unplaceable_reasons=reasons,
             )
         )
-    return Outcome(decisions=tuple(decisions), solution=solution, columns=len(problem.col_cost))
+    return Outcome(
+        decisions=tuple(decisions),
+        solution=solution,
+        columns=len(problem.col_cost),
+        evaluators=tuple(evaluators),
+    )
 
 
 def _exclusion_summary(ev: WorkloadEvaluator) -> tuple[str, ...]:

@@ -49,6 +49,7 @@ WORKLOAD_LATENCY = "workload-latency-slo"
 WORKLOAD_INTERRUPTION = "workload-interruption-tolerance"
 POLICY_SPOT = "policy-spot"
 FRESH_PRICE = "fresh-price"
+PLAUSIBLE_PRICE = "plausible-price"
 DATA_CLASS_COVERED = "data-class-covered"
 
 
@@ -397,6 +398,17 @@ class WorkloadEvaluator:
             )
         else:
             out.append(_verdict(FRESH_PRICE, Verdict.PASS, "fresh"))
+        median = self.snapshot.implausibly_cheap(state)
+        if median is not None:
+            per_gpu = state.usd_per_hour / state.accelerator_count
+            out.append(
+                _verdict(
+                    PLAUSIBLE_PRICE,
+                    Verdict.ERROR,
+                    f"${per_gpu:.2f}/GPU-h is under a fifth of the {state.offer.market.value} "
+                    f"median ${median:.2f} for {state.accelerator}: likely a data error",
+                )
+            )
         return tuple(out)
 
     # -- all of it -------------------------------------------------------------------

@@ -774,6 +774,24 @@ def policy_from_document(doc: Document) -> tuple[Policy | None, list[PolicyFindi
     return policy, _place(raws, doc, _POLICY_SCHEMA)
 
 
+def model_from_document(model: type[_M], doc: Document) -> tuple[_M | None, list[PolicyFinding]]:
+    """Validate a document against any closed model (e.g. a policy test file), with the
+    same file:line:col findings and did-you-mean hints as policies."""
+    if not isinstance(doc.data, Mapping):
+        where = doc.positions.value(())
+        return None, [
+            PolicyFinding(
+                f"a document must be a mapping, got {show(doc.data)}",
+                source=doc.source,
+                line=where.line,
+                column=where.column,
+            )
+        ]
+    schema = _Schema(model, {})
+    value, raws = _validate(model, doc.data, doc, schema, lambda loc: loc)
+    return value, _place(raws, doc, schema)
+
+
 def _workload_loc(loc: Path) -> Path:
     if loc and loc[0] in _ENVELOPE_FIELDS:
         return ("metadata", *loc)

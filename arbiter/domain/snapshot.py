@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
+from collections import defaultdict
+from functools import cached_property
 from typing import Annotated
 
 from pydantic import Field
@@ -67,3 +70,33 @@ class MarketSnapshot(Value):
 
     def carbon_by_zone(self) -> dict[str, ZoneCarbon]:
         return {c.zone: c for c in self.carbon}
+
+    @cached_property
+    def gpu_hour_medians(self) -> dict[tuple[str, str], float]:
+        """Median USD per GPU-hour of each (GPU model, market) over the fresh offers."""
+        prices: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for o in self.offers:
+            if o.accelerator and o.accelerator_count > 0 and not o.stale:
+                prices[(o.accelerator, o.offer.market.value)].append(
+                    o.usd_per_hour / o.accelerator_count
+                )
+        return {key: statistics.median(values) for key, values in prices.items()}
+
+    def implausibly_cheap(self, state: OfferState) -> float | None:
+        """The market median an offer's price per GPU-hour is far below (less than
+        :data:`PLAUSIBLE_PRICE_FLOOR` of it), or None when the price is plausible.
+
+        Recorded price lists have such errors (a machine price without its GPUs); an
+        arbitrage engine would chase them, so they are treated as bad data."""
+        if not state.accelerator or state.accelerator_count <= 0:
+            return None
+        median = self.gpu_hour_medians.get((state.accelerator, state.offer.market.value))
+        per_gpu = state.usd_per_hour / state.accelerator_count
+        if median is None or per_gpu >= PLAUSIBLE_PRICE_FLOOR * median:
+            return None
+        return median
+
+
+PLAUSIBLE_PRICE_FLOOR = 0.2
+"""An offer under 20 % of the median price per GPU-hour of its GPU model and market is
+taken as a data error, not a bargain."""
