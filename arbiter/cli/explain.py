@@ -21,7 +21,20 @@ def _money(value: float | None) -> str:
     return "—" if value is None else f"{value:,.2f}"
 
 
-def render_explanation(ex: Any, *, revision: str, taken_at: Any) -> str:
+def solver_summary(solution: Any) -> dict[str, Any]:
+    """How the placement was solved: the optimality HiGHS proved and what it cost."""
+    return {
+        "optimal": solution.optimal,
+        "gap": solution.gap,
+        "time_limited": solution.time_limited,
+        "seconds": round(solution.solve_seconds, 4),
+        "columns": solution.columns_after,
+    }
+
+
+def render_explanation(
+    ex: Any, *, revision: str, taken_at: Any, solver: dict[str, Any] | None = None
+) -> str:
     """The explanation as a table: placed, then eligible by rank, then excluded."""
     d = ex.decision
     placed = sum(p.replicas for p in d.placements)
@@ -35,6 +48,12 @@ def render_explanation(ex: Any, *, revision: str, taken_at: Any) -> str:
         f"placed {placed} replica{'s' if placed != 1 else ''} · ${d.usd_per_hour:,.2f}/h · "
         f"{carbon}",
     ]
+    if solver is not None:
+        proof = "optimal" if solver["optimal"] else "NOT proven optimal"
+        head.append(
+            f"solver: {proof}, gap {solver['gap'] * 100:.2f}%"
+            + (" (time limit reached)" if solver["time_limited"] else "")
+        )
     head.extend(f"not placed: {r}" for r in d.unplaceable_reasons)
     rows: list[tuple[str, str, str, str, str]] = []
     for r in ex.rows:
@@ -141,9 +160,18 @@ def explain(
         policy_revision=inputs.revision,
     )
     ex = explain_workload(outcome.evaluator(workload), outcome.decision(workload))
+    solver = solver_summary(outcome.solution)
     if output == "json":
-        emit_json({**ex.as_dict(), "snapshot_taken_at": inputs.snapshot.taken_at.isoformat()})
+        emit_json(
+            {
+                **ex.as_dict(),
+                "snapshot_taken_at": inputs.snapshot.taken_at.isoformat(),
+                "solver": solver,
+            }
+        )
     else:
         click.echo(
-            render_explanation(ex, revision=inputs.revision, taken_at=inputs.snapshot.taken_at)
+            render_explanation(
+                ex, revision=inputs.revision, taken_at=inputs.snapshot.taken_at, solver=solver
+            )
         )
