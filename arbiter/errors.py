@@ -15,6 +15,8 @@ boundary with ``raise ... from exc`` so the core and the CLI never see SDK types
     ├── PolicyError            bad policy or workload file (file, line, field)
     ├── PlacementError
     │   └── Unplaceable        no compliant placement exists (reasons)
+    ├── ExecutorError          an executor action failed (executor)
+    │   └── CapacityUnavailable  no capacity for the offer now (offer_key, code)
     ├── GuardrailExceeded      a migration guardrail refused an action
     └── StoreError             the database is unreachable or out of date
         └── LeaseHeld          another daemon holds the lease
@@ -124,6 +126,26 @@ class Unplaceable(PlacementError):
         self.workload = workload
         self.reasons = reasons
         super().__init__(f"{workload}: cannot be placed: " + "; ".join(reasons))
+
+
+class ExecutorError(ArbiterError):
+    """An executor could not carry out an action (provision, scale, route, release)."""
+
+    def __init__(self, message: str, *, executor: str) -> None:
+        self.executor = executor
+        super().__init__(f"{executor}: {message}")
+
+
+class CapacityUnavailable(ExecutorError):
+    """The provider has no capacity for the offer right now (AWS
+    InsufficientInstanceCapacity, GCP ZONE_RESOURCE_POOL_EXHAUSTED, Azure
+    SkuNotAvailable / AllocationFailed, a Kubernetes pod that cannot be scheduled).
+    The offer goes on a blocklist for a while and the workload is planned elsewhere."""
+
+    def __init__(self, message: str, *, executor: str, offer_key: str, code: str = "") -> None:
+        self.offer_key = offer_key
+        self.code = code
+        super().__init__(f"{offer_key}: {message}", executor=executor)
 
 
 class GuardrailExceeded(ArbiterError):

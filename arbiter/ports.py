@@ -6,11 +6,19 @@ test suite runs against the fake and every real implementation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from arbiter.domain.market import CapacitySignal, CarbonReading, InstanceType, PriceQuote
+from arbiter.domain.fleet import ReplicaGroup
+from arbiter.domain.market import (
+    CapacitySignal,
+    CarbonReading,
+    InstanceType,
+    Offer,
+    PriceQuote,
+)
+from arbiter.domain.workloads import Workload
 
 
 class Clock(Protocol):
@@ -136,3 +144,115 @@ class FakeMarket:
     def fetch_instance_types(self) -> Sequence[InstanceType]:
         self._maybe_fail("instance_types")
         return list(self.instance_types)
+
+
+# ------------------------------------------------------------------------ executors
+
+
+class Executor(Protocol):
+    """Runs the replicas of workloads, one *replica group* per (workload, offer).
+
+    Contract (tests/executors/test_contract.py runs it against every implementation):
+
+    * ``ensure(workload, offer, replicas)`` makes the group run exactly ``replicas``
+      replicas, creating it when missing; ``replicas=0`` releases it. It is
+      state-based, so idempotent: calling it again with the same arguments starts and
+      stops nothing (a restarted daemon simply re-issues the step it was in).
+    * It raises :class:`~arbiter.errors.CapacityUnavailable` when the provider has no
+      capacity for the offer, :class:`~arbiter.errors.ExecutorError` for any other
+      failure; never an SDK exception.
+    * ``group`` reports the group's desired and *ready* replicas (ready = serving
+      requests); ``groups`` lists what actually runs, including groups the store does
+      not know about (what a crash may have orphaned).
+    * Nothing here waits for readiness: the caller polls ``group``.
+    """
+
+    name: str
+
+    def ensure(self, workload: Workload, offer: Offer, replicas: int) -> ReplicaGroup: ...
+
+    def group(self, workload: str, offer: Offer) -> ReplicaGroup | None: ...
+
+    def groups(self, workload: str | None = None) -> Sequence[ReplicaGroup]: ...
+
+
+class TrafficRouter(Protocol):
+    """Splits a workload's requests across its replica groups by weight.
+
+    Contract:
+
+    * ``set_weights(workload, weights)`` replaces the weights of the workload's groups
+      (keys are :attr:`ReplicaGroup.id`; a group left out gets no new requests) in one
+      step, without dropping a request in flight; idempotent.
+    * ``in_flight(workload, group_id)`` is the number of requests a group is still
+      serving, or None when the router cannot tell (the caller then waits out the
+      drain timeout).
+    """
+
+    def set_weights(self, workload: str, weights: Mapping[str, int]) -> None: ...
+
+    def weights(self, workload: str) -> dict[str, int]: ...
+
+    def in_flight(self, workload: str, group_id: str) -> int | None: ...
+
+
+class FakeExecutor:
+    """In-memory executor and router. Replicas become ready ``warmup`` after they are
+    asked for (by the clock it is given); ``no_capacity`` offers raise
+    CapacityUnavailable; ``calls`` records every action."""
+
+    name = "fake"
+
+    def __init__(self, clock: Clock, *, warmup: timedelta = timedelta(0)) -> None:
+        self.clock = clock
+        self.warmup = warmup
+        self.no_capacity: set[str] = set()
+        self.calls: list[tuple[str, str, int]] = []
+        self._groups: dict[tuple[str, str], tuple[Offer, int, datetime]] = {}
+        self._weights: dict[str, dict[str, int]] = {}
+        self.in_flight_requests: dict[str, int] = {}
+
+    def ensure(self, workload: Workload, offer: Offer, replicas: int) -> ReplicaGroup:
+        from arbiter.errors import CapacityUnavailable
+
+        key = (workload.name, offer.key)
+        current = self._groups.get(key)
+        if replicas > (current[1] if current else 0) and offer.key in self.no_capacity:
+            raise CapacityUnavailable("no capacity", executor=self.name, offer_key=offer.key)
+        self.calls.append(("ensure", f"{workload.name}@{offer.key}", replicas))
+        if replicas == 0:
+            self._groups.pop(key, None)
+            return ReplicaGroup(workload=workload.name, offer=offer, desired=0, ready=0)
+        if current is None or current[1] != replicas:
+            since = current[2] if current and replicas < current[1] else self.clock.now()
+            self._groups[key] = (offer, replicas, since)
+        found = self.group(workload.name, offer)
+        assert found is not None
+        return found
+
+    def group(self, workload: str, offer: Offer) -> ReplicaGroup | None:
+        entry = self._groups.get((workload, offer.key))
+        if entry is None:
+            return None
+        _, desired, since = entry
+        ready = desired if self.clock.now() - since >= self.warmup else 0
+        return ReplicaGroup(workload=workload, offer=offer, desired=desired, ready=ready)
+
+    def groups(self, workload: str | None = None) -> list[ReplicaGroup]:
+        out = []
+        for (name, _), (offer, _, _) in sorted(self._groups.items()):
+            if workload is None or name == workload:
+                found = self.group(name, offer)
+                if found is not None:
+                    out.append(found)
+        return out
+
+    def set_weights(self, workload: str, weights: Mapping[str, int]) -> None:
+        self.calls.append(("route", workload, sum(weights.values())))
+        self._weights[workload] = {k: v for k, v in weights.items() if v > 0}
+
+    def weights(self, workload: str) -> dict[str, int]:
+        return dict(self._weights.get(workload, {}))
+
+    def in_flight(self, workload: str, group_id: str) -> int | None:
+        return self.in_flight_requests.get(group_id, 0)

@@ -1,0 +1,34 @@
+"""Executors: what turns a migration step into running (or released) replicas.
+
+An explicit registry keyed by name; each executor lives in its own module and is
+imported only when chosen, so the CLI never pays for the Kubernetes or cloud SDKs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+EXECUTORS: dict[str, str] = {
+    "dry-run": "arbiter.executors.dry_run:DryRunExecutor",
+}
+"""name → ``module:factory``. Each factory takes ``(clock, options)``."""
+
+
+def make_executor(name: str, clock: Any, options: dict[str, Any] | None = None) -> Any:
+    """The executor registered under ``name`` (it is also its traffic router)."""
+    from arbiter.errors import ConfigError
+
+    target = EXECUTORS.get(name)
+    if target is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, EXECUTORS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown executor {name!r}{hint} known: {', '.join(sorted(EXECUTORS))}",
+            source="config",
+            key="executor.kind",
+        )
+    module, _, factory = target.partition(":")
+    return getattr(importlib.import_module(module), factory)(clock, options or {})
