@@ -154,6 +154,28 @@ class SourceConfig(_Section):
         return value
 
 
+class ExecutorConfig(_Section):
+    """Which executor runs the replicas (``[executor]``); ``options`` are its own."""
+
+    kind: str = "dry-run"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from arbiter.executors import EXECUTORS
+
+        if value not in EXECUTORS:
+            import difflib
+
+            close = difflib.get_close_matches(value, EXECUTORS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown executor {value!r}{hint} known: {', '.join(sorted(EXECUTORS))}"
+            )
+        return value
+
+
 class PoliciesConfig(_Section):
     """Where the placement policies and the workloads are read from (files or
     directories; relative paths are taken from the working directory)."""
@@ -170,6 +192,7 @@ class Settings(_Section):
     http: HttpConfig = HttpConfig()
     store: StoreConfig = StoreConfig()
     policies: PoliciesConfig = PoliciesConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Market-data sources by name; empty means the embedded default (recorded data)."""
 

@@ -11,6 +11,9 @@ from typing import Any
 
 EXECUTORS: dict[str, str] = {
     "dry-run": "arbiter.executors.dry_run:DryRunExecutor",
+    "local": "arbiter.executors.local:LocalExecutor",
+    "kubernetes": "arbiter.executors.kubernetes:KubernetesExecutor",
+    "cloud": "arbiter.executors.cloud:CloudExecutor",
 }
 """name → ``module:factory``. Each factory takes ``(clock, options)``."""
 
