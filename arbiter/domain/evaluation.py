@@ -28,6 +28,7 @@ from arbiter.domain.market import Market
 from arbiter.domain.policy import (
     Budget,
     Constraint,
+    Migration,
     Objective,
     Policy,
     Redundancy,
@@ -79,6 +80,7 @@ class PolicyBook:
         redundancy = next((p.redundancy for p in policies if p.redundancy), None) or Redundancy()
         spot = next((p.capacity.spot for p in policies if p.capacity), None) or Spot()
         budget = next(((p.metadata.name, p.budget) for p in policies if p.budget), None)
+        migration = next((p.migration for p in policies if p.migration), None) or Migration()
         exceptions = {
             e.rule: e for p in policies for e in p.exceptions if workload.name in e.workloads
         }
@@ -89,6 +91,7 @@ class PolicyBook:
             redundancy=redundancy,
             spot=spot,
             budget=budget,
+            migration=migration,
             exceptions=exceptions,
             origins=self.rule_origins,
         )
@@ -106,6 +109,7 @@ class Terms:
     redundancy: Redundancy
     spot: Spot
     budget: tuple[str, Budget] | None
+    migration: Migration
     exceptions: Mapping[str, RuleException]
     origins: Mapping[str, str]
 

@@ -165,6 +165,20 @@ class Migration(Value):
     """Windows like ``"Mon-Fri 08:00-18:00 Europe/Berlin"``."""
     on_hard_violation: HardViolation = HardViolation()
     planning_horizon: Duration = 24 * 3600
+    """A move must pay for itself (double running, download, egress) within this."""
+    egress_usd_per_gib: Annotated[Finite, Field(ge=0)] = 0.09
+    """Cost of moving the model to the new place, per GiB (inter-region / internet)."""
+    drain_timeout: Duration = 300
+    """How long in-flight requests may take to finish before old replicas are released."""
+
+    @field_validator("blackout")
+    @classmethod
+    def _windows_parse(cls, windows: tuple[str, ...]) -> tuple[str, ...]:
+        from arbiter.domain.windows import parse_window
+
+        for text in windows:
+            parse_window(text)
+        return windows
 
 
 class RuleException(Value):

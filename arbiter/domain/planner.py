@@ -1,0 +1,419 @@
+"""Plan: desired placements vs what runs → the migrations worth doing now.
+
+For every workload the planner compares where it runs (``current``) with where the
+decide step would put it (``desired``) and either plans a move or says which gate held
+it. Two kinds of gates:
+
+* **saving gates** — the move must save at least ``min_saving`` (percent and $/h) of the
+  current cost, must pay back its own cost (new replicas running alongside the old
+  during warm-up and drain, the model download/egress) within the planning horizon,
+  the better placement must have been *sustained* for ``sustained_for`` (hysteresis
+  against flapping prices), and the workload must be out of its ``cooldown``;
+* **safety gates** — no non-urgent move during a blackout window, at most
+  ``max_concurrent_drains`` migrations in flight, and at most
+  ``max_disrupted_replicas_pct`` of a workload's replicas moved per migration (larger
+  moves go in waves).
+
+A **hard violation** (a current placement is no longer compliant: sovereignty, any
+enforcing rule, or stale data) or an **interruption** (the provider is reclaiming the
+capacity) makes the move *urgent*: it skips the saving gates and, when the policy says
+so, the blackout; it still moves make-before-break, so the ready-replica minimum is
+never broken by the plan. A new workload is placed at once; one that is gone is
+released. A workload with no compliant placement keeps running where it is (and is
+reported), since taking it down would help nobody.
+
+Pure: everything, including ``now`` and the pending-since memory, is an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from arbiter.domain.decisions import Decision
+from arbiter.domain.evaluation import WorkloadEvaluator
+from arbiter.domain.market import Offer
+from arbiter.domain.snapshot import OfferState
+from arbiter.domain.windows import in_blackout
+from arbiter.domain.workloads import Placement, Workload
+
+
+class MoveKind(StrEnum):
+    PLACE = "place"
+    """A new workload: nothing runs yet."""
+    MOVE = "move"
+    """Cheaper (or cleaner) elsewhere, past every saving gate."""
+    EVACUATE = "evacuate"
+    """A hard violation or an interruption: urgent."""
+    RELEASE = "release"
+    """The workload is gone from the workload files."""
+
+
+class Gate(StrEnum):
+    UNCHANGED = "unchanged"
+    UNPLACEABLE = "unplaceable"
+    MIN_SAVING = "min_saving"
+    PAYBACK = "payback"
+    SUSTAINED_FOR = "sustained_for"
+    COOLDOWN = "cooldown"
+    BLACKOUT = "blackout"
+    MAX_CONCURRENT = "max_concurrent_drains"
+    IN_FLIGHT = "in_flight"
+    """A migration of this workload is already under way."""
+
+
+@dataclass(frozen=True)
+class Current:
+    """What runs for one workload, and its migration history."""
+
+    placements: tuple[Placement, ...]
+    last_migration_at: datetime | None = None
+    in_flight: bool = False
+    interrupted: frozenset[str] = frozenset()
+    """Offer keys with an interruption notice."""
+
+
+@dataclass(frozen=True)
+class PlannedMove:
+    workload: str
+    kind: MoveKind
+    source: tuple[Placement, ...]
+    target: tuple[Placement, ...]
+    urgent: bool
+    reason: str
+    saving_usd_per_hour: float = 0.0
+    migration_cost_usd: float = 0.0
+    wave: tuple[int, int] = (1, 1)
+    """(this wave, waves needed) when a large move is split by the disruption budget."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    workload: str
+    gate: Gate
+    detail: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    moves: tuple[PlannedMove, ...]
+    holds: tuple[Hold, ...]
+    pending_since: Mapping[str, datetime] = field(default_factory=dict)
+    """When each workload's better placement was first seen (carried to the next plan)."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    workload: Workload
+    decision: Decision
+    evaluator: WorkloadEvaluator
+
+
+# ---------------------------------------------------------------------- costing
+
+
+def _states(evaluator: WorkloadEvaluator) -> dict[str, OfferState]:
+    return {s.offer.key: s for s in evaluator.snapshot.offers}
+
+
+def cost_per_hour(
+    placements: Sequence[Placement], evaluator: WorkloadEvaluator
+) -> tuple[float, list[str]]:
+    """USD/h of these placements at the snapshot's prices, and the offers it could not
+    price (gone from the market)."""
+    states = _states(evaluator)
+    total = 0.0
+    missing = []
+    for p in placements:
+        state = states.get(p.offer.key)
+        cost = evaluator.cost(state) if state is not None else None
+        if cost is None:
+            missing.append(p.offer.key)
+            continue
+        total += cost.usd_per_hour * p.replicas
+    return total, missing
+
+
+def violations(
+    placements: Sequence[Placement], evaluator: WorkloadEvaluator, interrupted: frozenset[str]
+) -> list[str]:
+    """Why current placements are no longer allowed: each excluding rule, per offer."""
+    states = _states(evaluator)
+    out = []
+    for p in placements:
+        if p.offer.key in interrupted:
+            out.append(f"{p.offer.key}: interruption notice")
+            continue
+        state = states.get(p.offer.key)
+        if state is None:
+            # Region rules can still be judged without a price: a placement in a
+            # region that is no longer compliant is a violation even off-market.
+            verdicts = evaluator.region_verdicts(p.offer.provider.value, p.offer.region)
+        else:
+            verdicts = evaluator.verdicts(state)
+        for v in verdicts:
+            if v.excludes and v.rule_id != "fresh-price":
+                out.append(f"{p.offer.key}: {v.rule_id}: {v.reason}")
+    return out
+
+
+def migration_cost_usd(
+    source: Sequence[Placement],
+    target: Sequence[Placement],
+    workload: Workload,
+    evaluator: WorkloadEvaluator,
+) -> float:
+    """What moving costs once: new replicas run alongside the old through warm-up and
+    drain (double running), and the model is copied to each new place (egress)."""
+    before = _by_offer(source)
+    after = _by_offer(target)
+    added = [
+        Placement(workload=workload.name, offer=offer, replicas=n - before.get(offer, 0))
+        for offer, n in after.items()
+        if n > before.get(offer, 0)
+    ]
+    new_cost, _ = cost_per_hour(added, evaluator)
+    migration = evaluator.terms.migration
+    overlap_hours = (workload.warmup_seconds + migration.drain_timeout) / 3600
+    places = len({p.offer.region_key for p in added})
+    egress = workload.model_size_gib * migration.egress_usd_per_gib * places
+    return new_cost * overlap_hours + egress
+
+
+def _by_offer(placements: Sequence[Placement]) -> Counter[Offer]:
+    c: Counter[Offer] = Counter()
+    for p in placements:
+        c[p.offer] += p.replicas
+    return c
+
+
+def _same(a: Sequence[Placement], b: Sequence[Placement]) -> bool:
+    return _by_offer(a) == _by_offer(b)
+
+
+def wave_target(
+    source: Sequence[Placement], target: Sequence[Placement], max_moved: int, workload: str
+) -> tuple[tuple[Placement, ...], int]:
+    """The first wave toward ``target`` moving at most ``max_moved`` replicas (add that
+    many where the target wants more, take as many away where it wants fewer), and how
+    many waves the whole move needs."""
+    before, after = _by_offer(source), _by_offer(target)
+    grow = after - before
+    shrink = before - after
+    moved = max(sum(grow.values()), sum(shrink.values()))
+    if moved <= max_moved:
+        return tuple(target), 1
+    waves = math.ceil(moved / max_moved)
+    result = Counter(before)
+    budget = max_moved
+    for offer, n in sorted(grow.items(), key=lambda kv: kv[0].key):
+        step = min(n, budget)
+        result[offer] += step
+        budget -= step
+    budget = max_moved
+    for offer, n in sorted(shrink.items(), key=lambda kv: kv[0].key):
+        step = min(n, budget)
+        result[offer] -= step
+        budget -= step
+    placements = tuple(
+        Placement(workload=workload, offer=o, replicas=n)
+        for o, n in sorted(result.items(), key=lambda kv: kv[0].key)
+        if n > 0
+    )
+    return placements, waves
+
+
+# ------------------------------------------------------------------------ planning
+
+
+def plan(
+    inputs: Sequence[Inputs],
+    current: Mapping[str, Current],
+    *,
+    now: datetime,
+    pending_since: Mapping[str, datetime],
+    in_flight_total: int = 0,
+) -> Plan:
+    """The moves to start now and the reasons others wait.
+
+    ``current`` holds every workload that runs (including ones no longer in the
+    workload files, which are released); ``pending_since`` is the previous plan's.
+    The decisions must have been made on a market without the interrupted and
+    blocklisted offers (the shell takes them out), so they point elsewhere.
+    Urgent moves come first; within a kind, the largest saving first.
+    """
+    moves: list[PlannedMove] = []
+    holds: list[Hold] = []
+    pending: dict[str, datetime] = {}
+    known = {i.workload.name for i in inputs}
+    for name in sorted(set(current) - known):
+        cur = current[name]
+        if cur.in_flight:
+            holds.append(Hold(name, Gate.IN_FLIGHT, "a migration is under way"))
+        elif cur.placements:
+            moves.append(
+                PlannedMove(
+                    name,
+                    MoveKind.RELEASE,
+                    cur.placements,
+                    (),
+                    urgent=False,
+                    reason="the workload is no longer in the workload files",
+                )
+            )
+
+    candidates: list[PlannedMove] = []
+    for item in inputs:
+        name = item.workload.name
+        cur = current.get(name, Current(()))
+        desired = item.decision.placements
+        if cur.in_flight:
+            holds.append(Hold(name, Gate.IN_FLIGHT, "a migration is under way"))
+            continue
+        bad = violations(cur.placements, item.evaluator, cur.interrupted)
+        complete = item.decision.placed and not item.decision.unplaceable_reasons
+        if not cur.placements:
+            if complete:
+                candidates.append(
+                    PlannedMove(name, MoveKind.PLACE, (), desired, True, "new workload: place it")
+                )
+            else:
+                holds.append(
+                    Hold(name, Gate.UNPLACEABLE, "; ".join(item.decision.unplaceable_reasons))
+                )
+            continue
+        if not complete:
+            detail = "; ".join(item.decision.unplaceable_reasons)
+            if bad:
+                detail = f"VIOLATING and no compliant placement: {'; '.join(bad)} — {detail}"
+            holds.append(Hold(name, Gate.UNPLACEABLE, f"keeps running where it is: {detail}"))
+            continue
+        if _same(cur.placements, desired):
+            if bad:
+                holds.append(
+                    Hold(name, Gate.UNPLACEABLE, f"violating, and decide chose the same: {bad}")
+                )
+            continue
+        terms = item.evaluator.terms.migration
+        if bad:
+            candidates.append(
+                PlannedMove(
+                    name,
+                    MoveKind.EVACUATE,
+                    cur.placements,
+                    desired,
+                    urgent=True,
+                    reason="hard violation: " + "; ".join(bad),
+                )
+            )
+            continue
+        now_cost, missing = cost_per_hour(cur.placements, item.evaluator)
+        new_cost, _ = cost_per_hour(desired, item.evaluator)
+        if missing:
+            holds.append(Hold(name, Gate.MIN_SAVING, f"no current price for {', '.join(missing)}"))
+            continue
+        saving = now_cost - new_cost
+        pct = 100 * saving / now_cost if now_cost > 0 else 0.0
+        minimum = terms.min_saving
+        if saving <= 0 or pct < minimum.pct or saving < minimum.usd_per_hour:
+            holds.append(
+                Hold(
+                    name,
+                    Gate.MIN_SAVING,
+                    f"best move saves ${saving:,.2f}/h ({pct:.1f}%); needs "
+                    f"{minimum.pct:g}% and ${minimum.usd_per_hour:,.2f}/h",
+                )
+            )
+            continue
+        cost = migration_cost_usd(cur.placements, desired, item.workload, item.evaluator)
+        horizon_h = terms.planning_horizon / 3600
+        if saving * horizon_h <= cost:
+            holds.append(
+                Hold(
+                    name,
+                    Gate.PAYBACK,
+                    f"saves ${saving * horizon_h:,.2f} over {horizon_h:g} h but moving costs "
+                    f"${cost:,.2f}",
+                )
+            )
+            continue
+        since = pending_since.get(name, now)
+        pending[name] = since
+        if now - since < timedelta(seconds=terms.sustained_for):
+            holds.append(
+                Hold(
+                    name,
+                    Gate.SUSTAINED_FOR,
+                    f"cheaper since {since:%H:%M:%SZ}; waiting until it holds for "
+                    f"{terms.sustained_for / 60:g} min",
+                )
+            )
+            continue
+        if cur.last_migration_at is not None and now - cur.last_migration_at < timedelta(
+            seconds=terms.cooldown
+        ):
+            holds.append(
+                Hold(
+                    name,
+                    Gate.COOLDOWN,
+                    f"last migration at {cur.last_migration_at:%Y-%m-%d %H:%MZ}; cooldown "
+                    f"{terms.cooldown / 3600:g} h",
+                )
+            )
+            continue
+        candidates.append(
+            PlannedMove(
+                name,
+                MoveKind.MOVE,
+                cur.placements,
+                desired,
+                urgent=False,
+                reason=f"saves ${saving:,.2f}/h ({pct:.1f}%), pays back its ${cost:,.2f} "
+                f"within {horizon_h:g} h",
+                saving_usd_per_hour=saving,
+                migration_cost_usd=cost,
+            )
+        )
+
+    by_name = {i.workload.name: i for i in inputs}
+    candidates.sort(key=lambda m: (not m.urgent, -m.saving_usd_per_hour, m.workload))
+    running = in_flight_total
+    for move in candidates:
+        terms = by_name[move.workload].evaluator.terms.migration
+        if move.kind is not MoveKind.PLACE:
+            window = in_blackout(terms.blackout, now)
+            if window and not (move.urgent and terms.on_hard_violation.ignore_blackout):
+                holds.append(Hold(move.workload, Gate.BLACKOUT, f"in blackout {window!r}"))
+                continue
+            if not move.urgent and running >= terms.max_concurrent_drains:
+                holds.append(
+                    Hold(
+                        move.workload,
+                        Gate.MAX_CONCURRENT,
+                        f"{running} migration(s) in flight; at most {terms.max_concurrent_drains}",
+                    )
+                )
+                continue
+            total = sum(p.replicas for p in move.source)
+            max_moved = max(1, math.floor(total * terms.max_disrupted_replicas_pct / 100))
+            target, waves = wave_target(move.source, move.target, max_moved, move.workload)
+            if waves > 1:
+                move = PlannedMove(
+                    move.workload,
+                    move.kind,
+                    move.source,
+                    target,
+                    move.urgent,
+                    f"{move.reason} (wave 1 of {waves}: at most {max_moved} replicas at once)",
+                    move.saving_usd_per_hour,
+                    move.migration_cost_usd,
+                    (1, waves),
+                )
+        pending.pop(move.workload, None)
+        moves.append(move)
+        running += 1
+    return Plan(moves=tuple(moves), holds=tuple(holds), pending_since=pending)

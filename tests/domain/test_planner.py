@@ -1,0 +1,254 @@
+"""Planning migrations: saving gates, safety gates, urgent moves, waves, windows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from arbiter.catalog import load_catalog
+from arbiter.domain.decide import decide
+from arbiter.domain.evaluation import PolicyBook
+from arbiter.domain.market import Offer
+from arbiter.domain.planner import Current, Gate, Inputs, MoveKind, plan, wave_target
+from arbiter.domain.policy import Policy
+from arbiter.domain.snapshot import MarketSnapshot, OfferState
+from arbiter.domain.windows import parse_window
+from arbiter.domain.workloads import GpuOption, Placement, Workload
+
+NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)  # a Monday, 11:00 in Berlin
+CATALOG = load_catalog()
+
+
+def offer(region: str, provider: str = "gcp", market: str = "on-demand") -> Offer:
+    return Offer(provider=provider, region=region, instance_type="g2-standard-4", market=market)
+
+
+def state(o: Offer, price: float) -> OfferState:
+    return OfferState(
+        offer=o, usd_per_hour=price, seen_at=NOW, accelerator="L4", accelerator_count=1
+    )
+
+
+def policy(**migration: object) -> Policy:
+    settings: dict[str, object] = {"sustained_for": "0s", "cooldown": "0s"}
+    settings.update(migration)
+    return Policy.model_validate(
+        {
+            "apiVersion": "arbiter/v1",
+            "kind": "PlacementPolicy",
+            "metadata": {"name": "eu"},
+            "constraints": [
+                {
+                    "id": "eu-residency",
+                    "sovereignty": {"data_classes": ["internal"], "jurisdictions": ["EU"]},
+                }
+            ],
+            "migration": settings,
+        }
+    )
+
+
+def workload(replicas: int = 3) -> Workload:
+    return Workload(
+        name="chat",
+        data_class="internal",
+        replicas=replicas,
+        gpu_options=(GpuOption(model="L4", tokens_per_second=500),),
+        warmup_seconds=300,
+        model_size_gib=10,
+    )
+
+
+WEST4 = offer("europe-west4")
+WEST1 = offer("europe-west1")
+US = offer("us-east4")
+
+
+def placed(o: Offer, n: int) -> Placement:
+    return Placement(workload="chat", offer=o, replicas=n)
+
+
+def run(
+    prices: dict[Offer, float],
+    running: tuple[Placement, ...],
+    pol: Policy | None = None,
+    *,
+    now: datetime = NOW,
+    pending: dict[str, datetime] | None = None,
+    replicas: int = 3,
+    **current: object,
+):  # type: ignore[no-untyped-def]
+    snap = MarketSnapshot.make(
+        taken_at=now, offers=tuple(state(o, p) for o, p in prices.items()), carbon=()
+    )
+    book = PolicyBook((pol or policy(),))
+    w = workload(replicas)
+    outcome = decide([w], book, snap, CATALOG, now)
+    inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
+    cur = {"chat": Current(running, **current)} if running or current else {}  # type: ignore[arg-type]
+    return plan(inputs, cur, now=now, pending_since=pending or {})
+
+
+def test_a_new_workload_is_placed_at_once() -> None:
+    result = run({WEST4: 1.0}, ())
+    (move,) = result.moves
+    assert move.kind is MoveKind.PLACE and move.target == (placed(WEST4, 3),)
+
+
+def test_a_small_saving_does_not_move_anything() -> None:
+    result = run({WEST4: 1.0, WEST1: 0.95}, (placed(WEST4, 3),))
+    assert not result.moves
+    (hold,) = result.holds
+    assert hold.gate is Gate.MIN_SAVING and "5.0%" in hold.detail
+
+
+def test_a_large_saving_moves_once_it_pays_back_its_cost() -> None:
+    result = run({WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 3),))
+    (move,) = result.moves
+    assert move.kind is MoveKind.MOVE and not move.urgent
+    assert move.saving_usd_per_hour == pytest.approx(1.5)
+    # 3 new replicas × $0.5/h × (300 s warm-up + 300 s drain) + 10 GiB × $0.09 egress
+    assert move.migration_cost_usd == pytest.approx(1.5 * 600 / 3600 + 0.9)
+
+
+def test_a_saving_that_never_pays_back_the_move_is_held() -> None:
+    pol = policy(planning_horizon="10m", egress_usd_per_gib=1.0)
+    result = run({WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 3),), pol)
+    assert [h.gate for h in result.holds] == [Gate.PAYBACK]
+
+
+def test_a_saving_must_be_sustained_before_moving() -> None:
+    pol = policy(sustained_for="30m")
+    first = run({WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 3),), pol)
+    assert [h.gate for h in first.holds] == [Gate.SUSTAINED_FOR]
+    assert first.pending_since == {"chat": NOW}
+    later = NOW + timedelta(minutes=31)
+    second = run(
+        {WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 3),), pol, now=later, pending=first.pending_since
+    )
+    assert [m.kind for m in second.moves] == [MoveKind.MOVE]
+
+
+def test_a_workload_in_cooldown_waits() -> None:
+    pol = policy(cooldown="6h")
+    result = run(
+        {WEST4: 1.0, WEST1: 0.5},
+        (placed(WEST4, 3),),
+        pol,
+        last_migration_at=NOW - timedelta(hours=1),
+    )
+    assert [h.gate for h in result.holds] == [Gate.COOLDOWN]
+
+
+def test_a_hard_violation_is_evacuated_urgently_past_the_saving_gates() -> None:
+    pol = policy(cooldown="6h", sustained_for="1h", min_saving={"pct": 90})
+    result = run(
+        {WEST4: 1.0, US: 0.2},
+        (placed(US, 3),),
+        pol,
+        last_migration_at=NOW - timedelta(minutes=5),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and move.urgent
+    assert "eu-residency" in move.reason
+
+
+def test_an_interrupted_offer_is_evacuated_urgently() -> None:
+    # the shell takes interrupted offers out of the market before deciding
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST1, 3),),
+        interrupted=frozenset({WEST1.key}),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and "interruption notice" in move.reason
+
+
+def test_no_move_starts_during_a_blackout_but_an_evacuation_does() -> None:
+    pol = policy(blackout=["Mon-Fri 08:00-18:00 Europe/Berlin"])
+    held = run({WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 3),), pol)
+    assert [h.gate for h in held.holds] == [Gate.BLACKOUT]
+    urgent = run({WEST4: 1.0, US: 0.5}, (placed(US, 3),), pol)
+    assert [m.kind for m in urgent.moves] == [MoveKind.EVACUATE]
+
+
+def test_moves_wait_while_too_many_migrations_are_in_flight() -> None:
+    snap = MarketSnapshot.make(
+        taken_at=NOW, offers=(state(WEST4, 1.0), state(WEST1, 0.5)), carbon=()
+    )
+    w = workload()
+    outcome = decide([w], PolicyBook((policy(),)), snap, CATALOG, NOW)
+    inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
+    running = {"chat": Current((placed(WEST4, 3),))}
+    free = plan(inputs, running, now=NOW, pending_since={}, in_flight_total=0)
+    busy = plan(inputs, running, now=NOW, pending_since={}, in_flight_total=1)
+    assert [m.kind for m in free.moves] == [MoveKind.MOVE]
+    assert [h.gate for h in busy.holds] == [Gate.MAX_CONCURRENT]
+
+
+def test_a_large_move_goes_in_waves_within_the_disruption_budget() -> None:
+    result = run({WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 6),), replicas=6)
+    (move,) = result.moves
+    assert move.wave == (1, 3)  # 34 % of 6 replicas → 2 at a time
+    assert sorted((p.offer.region, p.replicas) for p in move.target) == [
+        ("europe-west1", 2),
+        ("europe-west4", 4),
+    ]
+
+
+def test_a_workload_gone_from_the_files_is_released() -> None:
+    result = plan(
+        [],
+        {"old": Current((Placement(workload="old", offer=WEST4, replicas=1),))},
+        now=NOW,
+        pending_since={},
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.RELEASE and move.target == ()
+
+
+def test_an_unplaceable_workload_keeps_running_where_it_is() -> None:
+    result = run({US: 0.2}, (placed(US, 3),))
+    assert not result.moves
+    (hold,) = result.holds
+    assert hold.gate is Gate.UNPLACEABLE and hold.detail.startswith("keeps running where it is")
+    assert "VIOLATING" in hold.detail
+
+
+def test_a_workload_with_a_migration_in_flight_is_left_alone() -> None:
+    result = run({WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 3),), in_flight=True)
+    assert [h.gate for h in result.holds] == [Gate.IN_FLIGHT]
+
+
+def test_wave_target_moves_at_most_the_budget() -> None:
+    target, waves = wave_target((placed(WEST4, 3),), (placed(WEST1, 3),), 1, "chat")
+    assert waves == 3
+    assert sorted((p.offer.region, p.replicas) for p in target) == [
+        ("europe-west1", 1),
+        ("europe-west4", 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "at", "inside"),
+    [
+        ("Mon-Fri 08:00-18:00 Europe/Berlin", NOW, True),
+        ("Mon-Fri 08:00-18:00 Europe/Berlin", NOW + timedelta(hours=8), False),
+        ("Sat,Sun 00:00-24:00 UTC", NOW, False),
+        ("daily 22:00-06:00 UTC", datetime(2025, 6, 3, 2, 0, tzinfo=UTC), True),
+        ("Fri 22:00-06:00 UTC", datetime(2025, 6, 7, 5, 0, tzinfo=UTC), True),
+    ],
+)
+def test_blackout_windows_are_read_in_their_own_time_zone(
+    text: str, at: datetime, inside: bool
+) -> None:
+    assert parse_window(text).contains(at) is inside
+
+
+@pytest.mark.parametrize(
+    "text", ["Mon-Fry 08:00-18:00 UTC", "Mon 25:00-26:00 UTC", "Mon 08:00-18:00 Mars/Base"]
+)
+def test_a_bad_blackout_window_is_refused_with_the_reason(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_window(text)
