@@ -105,6 +105,21 @@ class Offer(Value):
             (self.provider, self.region, self.zone or "-", self.instance_type, self.market)
         )
 
+    @classmethod
+    def from_key(cls, key: str) -> Offer:
+        """The offer a :attr:`key` names (ValueError when it is not one)."""
+        parts = key.split(":")
+        if len(parts) != 5:
+            raise ValueError(f"not an offer key (provider:region:zone:type:market): {key!r}")
+        provider, region, zone, instance_type, market = parts
+        return cls(
+            provider=provider,  # type: ignore[arg-type]
+            region=region,
+            zone=None if zone == "-" else zone,
+            instance_type=instance_type,
+            market=market,  # type: ignore[arg-type]
+        )
+
 
 class PriceQuote(Value):
     """The price of an offer as seen by a source at a time."""

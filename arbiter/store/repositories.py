@@ -7,7 +7,7 @@ SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -849,6 +849,48 @@ class SourceStatusRepository:
             ]
 
 
+class BlocklistRepository:
+    """Offers that failed with a capacity error, kept off the market until a time."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def add(self, offer_key: str, *, until: datetime, reason: str, now: datetime) -> None:
+        b = t.offer_blocklist
+        with translate_errors("blocklisting offer"), self._engine.begin() as conn:
+            conn.execute(delete(b).where(b.c.offer_key == offer_key))
+            conn.execute(
+                insert(b).values(offer_key=offer_key, until=until, reason=reason, added_at=now)
+            )
+
+    def active(self, now: datetime) -> dict[str, tuple[datetime, str]]:
+        """offer key → (until, reason) for every offer still blocked at ``now``."""
+        b = t.offer_blocklist
+        with translate_errors("reading blocklist"), self._engine.connect() as conn:
+            rows = conn.execute(select(b).where(b.c.until > now).order_by(b.c.offer_key))
+            return {r.offer_key: (r.until, r.reason) for r in rows}
+
+
+class PendingRepository:
+    """The planner's memory: since when each workload's better placement was seen."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def all(self) -> dict[str, datetime]:
+        with translate_errors("reading planner memory"), self._engine.connect() as conn:
+            return {r.workload: r.since for r in conn.execute(select(t.planner_pending))}
+
+    def replace(self, pending: Mapping[str, datetime]) -> None:
+        with translate_errors("saving planner memory"), self._engine.begin() as conn:
+            conn.execute(delete(t.planner_pending))
+            if pending:
+                conn.execute(
+                    insert(t.planner_pending),
+                    [{"workload": w, "since": s} for w, s in sorted(pending.items())],
+                )
+
+
 class Store:
     """Every repository over one engine."""
 
@@ -878,3 +920,5 @@ class Store:
         self.carbon = CarbonRepository(engine)
         self.instance_types = InstanceTypeRepository(engine)
         self.sources = SourceStatusRepository(engine)
+        self.blocklist = BlocklistRepository(engine)
+        self.pending = PendingRepository(engine)

@@ -40,7 +40,7 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 """The Alembic head these tables correspond to (a test keeps it equal to the newest
 migration). Read-only commands compare it with ``alembic_version`` without loading
 Alembic, which keeps them fast to start."""
@@ -259,6 +259,26 @@ decisions = Table(
     Column("explanation", json_type(), nullable=False),
     Index(None, "workload", "decided_at"),
     Index(None, "decided_at"),
+)
+
+offer_blocklist = Table(
+    "offer_blocklist",
+    metadata,
+    # An offer that failed with a capacity error is not planned on again until
+    # ``until``; one row per offer, the latest failure wins.
+    Column("offer_key", String(400), primary_key=True),
+    Column("until", UtcDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("added_at", UtcDateTime, nullable=False),
+)
+
+planner_pending = Table(
+    "planner_pending",
+    metadata,
+    # Since when each workload's better placement has been seen (sustained-for), so a
+    # restarted or new leader does not restart the clock.
+    Column("workload", String(63), primary_key=True),
+    Column("since", UtcDateTime, nullable=False),
 )
 
 leases = Table(
