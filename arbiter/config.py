@@ -78,6 +78,13 @@ class DaemonConfig(_Section):
     """How this daemon names itself in leases and events; defaults to host:pid."""
     lease_seconds: Annotated[float, Field(ge=5, le=3600)] = 30
     tick_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
+    reconcile_seconds: Annotated[float, Field(ge=1, le=86400)] = 30
+    """How often the leader decides, plans and drives migrations."""
+    workload_modes: dict[str, Mode] = Field(default_factory=dict)
+    """Per-workload mode overrides, e.g. ``{"eu-chat-api" = "observe"}``."""
+    kill_switch_file: Path | None = None
+    """While this file exists no migration starts and those in flight are parked.
+    Default: ``kill-switch`` next to the embedded SQLite file in the data directory."""
 
 
 class LoggingConfig(_Section):
@@ -282,15 +289,43 @@ def load_config(
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        source = origins.get(key, file_label)
+        variable = _variable_behind(err["loc"], origins, data)
+        source = variable or file_label
         got = err.get("input")
         shown = "" if _is_secret_key(key) or isinstance(got, dict) else f" (got {got!r})"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
+            if variable and len(err["loc"]) == 1:
+                # The variable's name already says where; name the section it misspells.
+                raise ConfigError(
+                    f"unknown section {key!r}{_did_you_mean(err['loc'])}", source=variable
+                ) from None
             message = f"unknown key{_did_you_mean(err['loc'])}"
             shown = ""
         raise ConfigError(f"{message}{shown}", source=source, key=key) from None
     return LoadedConfig(settings, file=file, origins=origins)
+
+
+def _variable_behind(
+    loc: tuple[Any, ...], origins: Mapping[str, str], file_data: Mapping[str, Any]
+) -> str | None:
+    """The environment variable an invalid setting came from, or None if it came from
+    the file or the defaults.
+
+    A variable may create a whole table (``ARBITER_DAEMN__MODE`` creates ``daemn``), so
+    an error about a table the file does not have is the variable's under it.
+    """
+    key = ".".join(str(p) for p in loc)
+    if key in origins:
+        return origins[key]
+    node: Any = file_data
+    for part in loc:
+        if not isinstance(node, Mapping) or str(part) not in node:
+            break
+        node = node[str(part)]
+    else:
+        return None
+    return next((origins[k] for k in sorted(origins) if k.startswith(f"{key}.")), None)
 
 
 def _is_secret_key(key: str) -> bool:

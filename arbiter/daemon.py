@@ -9,8 +9,13 @@
    stands by and takes over when the leader's lease expires);
 4. polls each market-data source on its own interval and jitter (leader only), and
    applies the store's retention every 6 hours;
-5. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
-   then lets the running job finish, releases the lease and returns 0.
+5. reconciles (leader only, :mod:`arbiter.reconcile`): decide, plan, and drive
+   migrations through the configured executor — resuming any a previous leader left
+   unfinished;
+6. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
+   then lets the running job finish (a migration stops between two recorded steps),
+   releases the lease and returns 0. SIGHUP re-reads policies and workloads: an
+   invalid change is refused and the running set stays.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from sqlalchemy import Engine
 
 from arbiter.config import Settings
 from arbiter.domain.regions import RegionCatalog
-from arbiter.errors import LeaseHeld, StoreError
+from arbiter.errors import ArbiterError, LeaseHeld, StoreError
 from arbiter.http_api import Endpoint
 from arbiter.logs import get_logger
 from arbiter.polling import DEGRADED_AFTER, ConfiguredSource, Poller
@@ -83,6 +88,8 @@ class Daemon:
         self.poller: Poller | None = None
         self.notifier = Notifier()
         self.endpoint: Endpoint | None = None
+        self.reconciler: Any = None
+        self.reload_requested = threading.Event()
 
     # -- start-up ---------------------------------------------------------------
 
@@ -191,6 +198,74 @@ class Daemon:
             return
         self.log.info("retention applied", cutoff=cutoff.isoformat(), **removed)
 
+    def reconcile(self) -> None:
+        """One reconcile pass (leader only; a standby never acts)."""
+        if not self.is_leader or self.reconciler is None or self.stopping.is_set():
+            return
+        try:
+            result = self.reconciler.tick()
+        except ArbiterError as exc:
+            self.log.error("reconcile failed", error=str(exc))
+            return
+        if result.skipped:
+            self.log.warning("reconcile skipped", reason=result.skipped)
+        elif result.started:
+            self.log.info("migrations started", migrations=result.started)
+
+    def reload_policies(self) -> None:
+        if self.reconciler is None:
+            return
+        before = self.reconciler.policy.revision if self.reconciler.policy else None
+        state = self.reconciler.reload(force=True)
+        if state is None or state.errors:
+            self.log.error(
+                "reload refused: keeping the policies in force",
+                revision=before,
+                errors=state.errors if state else ["no valid policies"],
+            )
+        else:
+            self.log.info("policies reloaded", revision=state.revision, previous=before)
+
+    def add_reconcile_job(self) -> None:
+        from arbiter.config import effective_source_configs
+        from arbiter.executors import make_executor
+        from arbiter.migrator import Migrator
+        from arbiter.reconcile import Reconciler
+        from arbiter.store.db import default_sqlite_path
+
+        conf = self.settings.executor
+        executor = make_executor(conf.kind, self.clock, conf.options)
+        migrator = Migrator(self.store, executor, executor, self.clock, actor=self.name)
+        daemon = self.settings.daemon
+        if daemon.kill_switch_file is None:
+            kill = default_sqlite_path().parent / "kill-switch"
+            daemon = daemon.model_copy(update={"kill_switch_file": kill})
+            self.settings = self.settings.model_copy(update={"daemon": daemon})
+        stale = {
+            name: c.stale_after
+            for name, c in effective_source_configs(self.settings.sources).items()
+        }
+        self.reconciler = Reconciler(
+            self.store, migrator, self.settings, self.catalog, self.clock, stale_after=stale
+        )
+        self.reconciler.reload()
+        self._scheduler.add_job(
+            self.reconcile,
+            "interval",
+            seconds=daemon.reconcile_seconds,
+            id="reconcile",
+            next_run_time=self.clock.now() + timedelta(seconds=5),
+            max_instances=1,
+            coalesce=True,
+        )
+        self.log.info(
+            "reconciling",
+            executor=conf.kind,
+            mode=daemon.mode.value,
+            every_seconds=daemon.reconcile_seconds,
+            kill_switch_file=str(daemon.kill_switch_file),
+        )
+
     def add_polling_jobs(self, sources: dict[str, ConfiguredSource]) -> None:
         self.poller = Poller(self.store, sources, self.catalog, self.clock)
         first = self.clock.now()
@@ -218,14 +293,20 @@ class Daemon:
             self.log.info("stopping", signal=signal.Signals(signum).name)
             self.stopping.set()
 
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self.log.info("reload requested", signal="SIGHUP")
+            self.reload_requested.set()
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
 
     def run(
         self,
         sources: dict[str, ConfiguredSource] | None = None,
         *,
         on_ready: Callable[[], None] | None = None,
+        reconcile: bool = True,
     ) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -234,6 +315,8 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         if sources:
             self.add_polling_jobs(sources)
+        if reconcile:
+            self.add_reconcile_job()
         self._scheduler.add_job(
             self.tick,
             "interval",
@@ -270,7 +353,9 @@ class Daemon:
             on_ready()
         try:
             while not self.stopping.wait(timeout=1.0):
-                pass
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload_policies()
         finally:
             self.notifier.stopping()
             if self.endpoint is not None:

@@ -1,0 +1,258 @@
+"""The reconcile loop (leader only): snapshot → decide → plan → start migrations.
+
+One :meth:`Reconciler.tick`:
+
+1. reads the policies and workloads — validated first; an invalid change keeps the
+   last good set running and logs every error with its file:line (SIGHUP and each tick
+   re-read the files only when they changed);
+2. builds the market snapshot from the store, without blocklisted offers (capacity
+   errors) and offers with an interruption notice;
+3. decides every workload at once and records each decision that differs from the
+   workload's last one (the decision log ``arbiter decisions`` and ``explain`` read);
+4. plans against what runs (the store's placements) and the migrations in flight;
+5. acts by mode — ``observe``: decisions only; ``recommend``: the plan is logged and
+   recorded with the decision, nothing runs; ``enforce``: planned moves start as
+   migrations — globally (``[daemon] mode``) or per workload (``[daemon]
+   workload_modes``); the kill switch (a file, ``[daemon] kill_switch_file``) stops
+   new migrations and parks the ones in flight where they are;
+6. drives every unfinished migration one step further (also after a restart).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from arbiter.config import Mode, Settings
+from arbiter.domain.decide import Outcome, decide
+from arbiter.domain.evaluation import PolicyBook
+from arbiter.domain.planner import Current, Inputs, Plan, plan
+from arbiter.domain.regions import RegionCatalog
+from arbiter.domain.snapshot import MarketSnapshot
+from arbiter.domain.workloads import Workload
+from arbiter.errors import ArbiterError
+from arbiter.logs import get_logger
+from arbiter.migrator import Migrator, last_migration_times, placements_from_store
+from arbiter.ports import Clock
+from arbiter.store.repositories import Store
+
+
+@dataclass
+class PolicyState:
+    """The policies and workloads in force, and what they were read from."""
+
+    book: PolicyBook
+    workloads: tuple[Workload, ...]
+    revision: str
+    fingerprint: tuple[tuple[str, float, int], ...]
+    errors: list[str] = field(default_factory=list)
+    """The last refused reload's errors (empty when the files in force are current)."""
+
+
+def _fingerprint(paths: list[str]) -> tuple[tuple[str, float, int], ...]:
+    """(path, mtime, size) of every file under the paths: cheap change detection."""
+    out = []
+    for given in paths:
+        p = Path(given)
+        files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            out.append((str(f), st.st_mtime, st.st_size))
+    return tuple(out)
+
+
+@dataclass
+class TickResult:
+    outcome: Outcome | None
+    plan: Plan | None
+    started: list[str]
+    skipped: str | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        migrator: Migrator,
+        settings: Settings,
+        catalog: RegionCatalog,
+        clock: Clock,
+        *,
+        stale_after: Mapping[str, float],
+        interrupted: Any = None,
+    ) -> None:
+        self.store = store
+        self.migrator = migrator
+        self.settings = settings
+        self.catalog = catalog
+        self.clock = clock
+        self.stale_after = dict(stale_after)
+        self.interrupted: set[str] = set(interrupted or ())
+        """Offer keys with an interruption notice (set by the interruption watchers)."""
+        self.policy: PolicyState | None = None
+        self.log = get_logger("reconcile")
+
+    # ------------------------------------------------------------------ policies
+
+    def paths(self) -> tuple[list[str], list[str]]:
+        conf = self.settings.policies
+        return [str(p) for p in conf.paths], [str(p) for p in conf.workloads]
+
+    def reload(self, *, force: bool = False) -> PolicyState | None:
+        """Re-read policies and workloads when they changed. An invalid set is refused
+        whole: the set in force stays, and every finding is logged with file:line."""
+        from arbiter.placement_inputs import files_revision
+        from arbiter.policy_loader import InvalidPolicyFiles, load_policies, load_workloads
+
+        policy_paths, workload_paths = self.paths()
+        fingerprint = _fingerprint(policy_paths + workload_paths)
+        if not force and self.policy is not None and self.policy.fingerprint == fingerprint:
+            return self.policy
+        try:
+            workloads = load_workloads(workload_paths)
+            policies = load_policies(
+                policy_paths,
+                today=self.clock.now().date(),
+                workloads=workloads.workloads,
+                catalog=self.catalog,
+            )
+        except InvalidPolicyFiles as exc:
+            errors = [str(f) for f in exc.errors]
+            for finding in exc.errors:
+                self.log.error("policy reload refused", finding=str(finding))
+            if self.policy is not None:
+                self.policy.errors = errors
+                self.policy.fingerprint = fingerprint  # do not re-log until they change
+            return self.policy
+        state = PolicyState(
+            book=PolicyBook(policies.policies, rule_origins=policies.rule_origins),
+            workloads=workloads.workloads,
+            revision=files_revision(policy_paths + workload_paths),
+            fingerprint=fingerprint,
+        )
+        if self.policy is None or state.revision != self.policy.revision:
+            self.log.info(
+                "policies loaded",
+                revision=state.revision,
+                policies=len(policies.policies),
+                workloads=len(workloads.workloads),
+            )
+            now = self.clock.now()
+            for w in state.workloads:
+                self.store.workloads.upsert(w, now=now)
+        self.policy = state
+        return state
+
+    # ---------------------------------------------------------------------- tick
+
+    def kill_switch(self) -> bool:
+        path = self.settings.daemon.kill_switch_file
+        return path is not None and os.path.exists(path)
+
+    def mode_for(self, workload: str) -> Mode:
+        return self.settings.daemon.workload_modes.get(workload, self.settings.daemon.mode)
+
+    def market(self, now: datetime) -> MarketSnapshot:
+        from arbiter.snapshots import build_snapshot
+
+        snap: MarketSnapshot = build_snapshot(self.store, self.stale_after, now)
+        blocked = set(self.store.blocklist.active(now)) | self.interrupted
+        if not blocked:
+            return snap
+        return MarketSnapshot.make(
+            taken_at=snap.taken_at,
+            offers=tuple(o for o in snap.offers if o.offer.key not in blocked),
+            carbon=snap.carbon,
+        )
+
+    def tick(self) -> TickResult:
+        now = self.clock.now()
+        state = self.reload()
+        if state is None:
+            return TickResult(None, None, [], skipped="no valid policies and workloads yet")
+        snap = self.market(now)
+        outcome = decide(
+            state.workloads, state.book, snap, self.catalog, now, policy_revision=state.revision
+        )
+        self._record(outcome)
+
+        running = placements_from_store(self.store.workloads.all_placements())
+        unfinished = self.store.migrations.unfinished()
+        busy = {m.workload for m in unfinished}
+        last = last_migration_times(self.store.migrations.recent(limit=500))
+        current = {
+            name: Current(
+                placements=running.get(name, ()),
+                last_migration_at=last.get(name),
+                in_flight=name in busy,
+                interrupted=frozenset(
+                    k
+                    for k in self.interrupted
+                    if any(p.offer.key == k for p in running.get(name, ()))
+                ),
+            )
+            for name in set(running) | busy | {w.name for w in state.workloads}
+        }
+        inputs = [
+            Inputs(w, outcome.decision(w.name), outcome.evaluator(w.name)) for w in state.workloads
+        ]
+        result = plan(
+            inputs,
+            current,
+            now=now,
+            pending_since=self.store.pending.all(),
+            in_flight_total=len(unfinished),
+        )
+        self.store.pending.replace(result.pending_since)
+        for hold in result.holds:
+            self.log.debug("held", workload=hold.workload, gate=hold.gate.value, detail=hold.detail)
+
+        started: list[str] = []
+        killed = self.kill_switch()
+        for move in result.moves:
+            mode = self.mode_for(move.workload)
+            if killed or mode is not Mode.ENFORCE:
+                self.log.info(
+                    "would migrate" if not killed else "kill switch: not migrating",
+                    workload=move.workload,
+                    kind=move.kind.value,
+                    mode=mode.value,
+                    urgent=move.urgent,
+                    reason=move.reason,
+                    target=[f"{p.offer.key}×{p.replicas}" for p in move.target],
+                )
+                continue
+            started.append(self.migrator.start(move).id)
+        if killed:
+            if unfinished:
+                self.log.warning("kill switch: migrations parked", migrations=len(unfinished))
+        else:
+            by_name = {w.name: w for w in state.workloads}
+            self.migrator.drain_timeout = {
+                w.name: state.book.terms(w).migration.drain_timeout for w in state.workloads
+            }
+            self.migrator.run_pending(by_name)
+        return TickResult(outcome, result, started)
+
+    def _record(self, outcome: Outcome) -> None:
+        """Record each decision that differs from the workload's last one."""
+        for d in outcome.decisions:
+            try:
+                last = self.store.decisions.latest(d.workload)
+            except ArbiterError:
+                last = None
+            same = (
+                last is not None
+                and last.placements == d.placements
+                and last.unplaceable_reasons == d.unplaceable_reasons
+                and last.policy_revision == d.policy_revision
+            )
+            if not same:
+                self.store.decisions.record(d)
