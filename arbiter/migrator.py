@@ -26,7 +26,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from arbiter.domain.fleet import group_id
@@ -311,10 +311,10 @@ def placements_from_store(
     }
 
 
-def last_migration_times(migrations: Sequence[Migration]) -> dict[str, datetime]:
-    """When each workload last started a migration (for cooldown)."""
-    out: dict[str, datetime] = {}
+def last_migrations(migrations: Sequence[Migration]) -> dict[str, Migration]:
+    """Each workload's most recently started migration (for cooldown and waves)."""
+    out: dict[str, Migration] = {}
     for m in migrations:
-        if m.workload not in out or m.created_at > out[m.workload]:
-            out[m.workload] = m.created_at
+        if m.workload not in out or m.created_at > out[m.workload].created_at:
+            out[m.workload] = m
     return out

@@ -30,13 +30,14 @@ from typing import Any
 from arbiter.config import Mode, Settings
 from arbiter.domain.decide import Outcome, decide
 from arbiter.domain.evaluation import PolicyBook
-from arbiter.domain.planner import Current, Inputs, Plan, plan
+from arbiter.domain.migrations import MigrationState
+from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, plan
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.workloads import Workload
 from arbiter.errors import ArbiterError
 from arbiter.logs import get_logger
-from arbiter.migrator import Migrator, last_migration_times, placements_from_store
+from arbiter.migrator import Migrator, last_migrations, placements_from_store
 from arbiter.ports import Clock
 from arbiter.store.repositories import Store
 
@@ -124,9 +125,9 @@ class Reconciler:
                 catalog=self.catalog,
             )
         except InvalidPolicyFiles as exc:
-            errors = [str(f) for f in exc.errors]
-            for finding in exc.errors:
-                self.log.error("policy reload refused", finding=str(finding))
+            errors = [str(f) + (f" ({f.hint})" if f.hint else "") for f in exc.errors]
+            for text in errors:
+                self.log.error("policy reload refused", finding=text)
             if self.policy is not None:
                 self.policy.errors = errors
                 self.policy.fingerprint = fingerprint  # do not re-log until they change
@@ -186,11 +187,14 @@ class Reconciler:
         running = placements_from_store(self.store.workloads.all_placements())
         unfinished = self.store.migrations.unfinished()
         busy = {m.workload for m in unfinished}
-        last = last_migration_times(self.store.migrations.recent(limit=500))
+        last = last_migrations(self.store.migrations.recent(limit=500))
         current = {
             name: Current(
                 placements=running.get(name, ()),
-                last_migration_at=last.get(name),
+                last_migration_at=last[name].created_at if name in last else None,
+                mid_waves=name in last
+                and last[name].state is MigrationState.DONE
+                and WAVE_MARK in last[name].reason,
                 in_flight=name in busy,
                 interrupted=frozenset(
                     k

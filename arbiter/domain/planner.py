@@ -41,6 +41,9 @@ from arbiter.domain.snapshot import OfferState
 from arbiter.domain.windows import in_blackout
 from arbiter.domain.workloads import Placement, Workload
 
+WAVE_MARK = "(wave "
+"""How a migration's reason says it is one wave of a larger move."""
+
 
 class MoveKind(StrEnum):
     PLACE = "place"
@@ -75,6 +78,9 @@ class Current:
     in_flight: bool = False
     interrupted: frozenset[str] = frozenset()
     """Offer keys with an interruption notice."""
+    mid_waves: bool = False
+    """The last migration was one wave of a larger move: the next wave skips
+    sustained-for and cooldown (the move was already judged), not the saving gates."""
 
 
 @dataclass(frozen=True)
@@ -343,7 +349,7 @@ def plan(
             continue
         since = pending_since.get(name, now)
         pending[name] = since
-        if now - since < timedelta(seconds=terms.sustained_for):
+        if not cur.mid_waves and now - since < timedelta(seconds=terms.sustained_for):
             holds.append(
                 Hold(
                     name,
@@ -353,8 +359,10 @@ def plan(
                 )
             )
             continue
-        if cur.last_migration_at is not None and now - cur.last_migration_at < timedelta(
-            seconds=terms.cooldown
+        if (
+            not cur.mid_waves
+            and cur.last_migration_at is not None
+            and now - cur.last_migration_at < timedelta(seconds=terms.cooldown)
         ):
             holds.append(
                 Hold(
@@ -408,7 +416,7 @@ def plan(
                     move.source,
                     target,
                     move.urgent,
-                    f"{move.reason} (wave 1 of {waves}: at most {max_moved} replicas at once)",
+                    f"{move.reason} {WAVE_MARK}1 of {waves}: at most {max_moved} replicas at once)",
                     move.saving_usd_per_hour,
                     move.migration_cost_usd,
                     (1, waves),

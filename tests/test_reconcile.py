@@ -1,0 +1,185 @@
+"""The reconcile loop end to end on a real store: prices in, decisions recorded, moves
+started by mode, the kill switch, invalid policy reloads refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from arbiter.catalog import load_catalog
+from arbiter.config import Mode, Settings
+from arbiter.domain.market import InstanceType, Offer, PriceQuote
+from arbiter.domain.migrations import MigrationState
+from arbiter.migrator import Migrator
+from arbiter.ports import FakeClock, FakeExecutor
+from arbiter.reconcile import Reconciler
+from arbiter.store.repositories import Store
+
+NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+CATALOG = load_catalog()
+WEST4 = Offer(
+    provider="gcp", region="europe-west4", instance_type="g2-standard-4", market="on-demand"
+)
+WEST1 = Offer(
+    provider="gcp", region="europe-west1", instance_type="g2-standard-4", market="on-demand"
+)
+US = Offer(provider="gcp", region="us-east4", instance_type="g2-standard-4", market="on-demand")
+
+POLICY = """\
+apiVersion: arbiter/v1
+kind: PlacementPolicy
+metadata: {name: eu}
+select: {data_classes: [internal]}
+constraints:
+  - id: eu-residency
+    sovereignty: {data_classes: [internal], jurisdictions: [EU]}
+migration:
+  min_saving: {pct: 10}
+  sustained_for: 0s
+  cooldown: 0s
+"""
+WORKLOAD = """\
+apiVersion: arbiter/v1
+kind: Workload
+metadata: {name: chat}
+spec:
+  data_class: internal
+  gpu_options: [{model: L4, tokens_per_second: 500}]
+  replicas: 2
+  warmup_seconds: 30
+"""
+
+
+class World:
+    def __init__(self, store: Store, tmp: Path, mode: Mode = Mode.ENFORCE) -> None:
+        self.store = store
+        self.clock = FakeClock(NOW)
+        self.cloud = FakeExecutor(self.clock, warmup=timedelta(seconds=10))
+        (tmp / "policies").mkdir()
+        (tmp / "workloads").mkdir()
+        self.policy_file = tmp / "policies" / "eu.yaml"
+        self.policy_file.write_text(POLICY)
+        (tmp / "workloads" / "chat.yaml").write_text(WORKLOAD)
+        settings = Settings.model_validate(
+            {
+                "daemon": {"mode": mode.value, "kill_switch_file": str(tmp / "KILL")},
+                "policies": {
+                    "paths": [str(tmp / "policies")],
+                    "workloads": [str(tmp / "workloads")],
+                },
+            }
+        )
+        self.kill = tmp / "KILL"
+        store.instance_types.upsert(
+            [
+                InstanceType(
+                    provider="gcp",
+                    name="g2-standard-4",
+                    vcpus=4,
+                    memory_gib=16,
+                    accelerator="L4",
+                    accelerator_count=1,
+                    accelerator_memory_gib=24,
+                )
+            ],
+            now=NOW,
+        )
+        migrator = Migrator(store, self.cloud, self.cloud, self.clock, actor="test")
+        self.reconciler = Reconciler(
+            store, migrator, settings, CATALOG, self.clock, stale_after={"test": 3600}
+        )
+
+    def prices(self, **by_region: float) -> None:
+        offers = {"west4": WEST4, "west1": WEST1, "us": US}
+        self.store.prices.record(
+            [
+                PriceQuote(
+                    offer=offers[k], usd_per_hour=v, observed_at=self.clock.now(), source="test"
+                )
+                for k, v in by_region.items()
+            ]
+        )
+
+    def tick(self, times: int = 1):  # type: ignore[no-untyped-def]
+        result = None
+        for _ in range(times):
+            result = self.reconciler.tick()
+            self.clock.advance(timedelta(seconds=15))
+        return result
+
+
+def test_a_new_workload_is_placed_and_a_cheaper_region_later_wins(
+    store: Store, tmp_path: Path
+) -> None:
+    world = World(store, tmp_path)
+    world.prices(west4=1.0, west1=1.5, us=0.3)
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+    world.prices(west4=1.0, west1=0.5, us=0.3)
+    world.tick(10)
+    assert store.workloads.placements("chat") == [(WEST1.key, 2)]
+    kinds = [m.reason.split(":")[0] for m in reversed(store.migrations.recent())]
+    assert kinds == ["place", "move", "move"]  # two waves: 34 % of 2 replicas is 1 at a time
+    assert all(m.state is MigrationState.DONE for m in store.migrations.recent())
+    # never the cheaper non-EU region
+    assert all(g.offer != US for g in world.cloud.groups())
+
+
+def test_observe_records_decisions_and_changes_nothing(store: Store, tmp_path: Path) -> None:
+    world = World(store, tmp_path, Mode.OBSERVE)
+    world.prices(west4=1.0, west1=1.5)
+    world.tick(3)
+    assert store.decisions.latest("chat") is not None
+    assert len(store.decisions.recent(workload="chat")) == 1  # recorded once, not per tick
+    assert store.migrations.recent() == [] and world.cloud.groups() == []
+
+
+def test_recommend_plans_but_executes_nothing(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from structlog.testing import capture_logs
+
+    world = World(store, tmp_path, Mode.RECOMMEND)
+    world.prices(west4=1.0)
+    with capture_logs() as logs:
+        world.tick()
+    assert any(e["event"] == "would migrate" and e["workload"] == "chat" for e in logs)
+    assert store.migrations.recent() == []
+
+
+def test_the_kill_switch_stops_new_migrations(store: Store, tmp_path: Path) -> None:
+    world = World(store, tmp_path)
+    world.kill.write_text("")
+    world.prices(west4=1.0)
+    world.tick(3)
+    assert store.migrations.recent() == []
+    world.kill.unlink()
+    world.tick(5)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+
+
+def test_an_invalid_policy_change_is_refused_and_the_old_set_keeps_running(
+    store: Store, tmp_path: Path
+) -> None:
+    world = World(store, tmp_path)
+    world.prices(west4=1.0)
+    world.tick(5)
+    before = world.reconciler.policy
+    assert before is not None
+    world.policy_file.write_text(POLICY.replace("jurisdictions", "jurisdiction"))
+    state = world.reconciler.reload(force=True)
+    assert state is not None and state.revision == before.revision
+    assert any("did you mean 'jurisdictions'" in e for e in state.errors)
+    assert any("eu.yaml:7" in e for e in state.errors)
+    world.tick(2)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+
+
+def test_a_blocklisted_offer_is_left_out_of_the_market(store: Store, tmp_path: Path) -> None:
+    world = World(store, tmp_path)
+    world.prices(west4=1.0, west1=1.2)
+    store.blocklist.add(WEST4.key, until=NOW + timedelta(hours=1), reason="no capacity", now=NOW)
+    world.tick(6)
+    assert store.workloads.placements("chat") == [(WEST1.key, 2)]
