@@ -53,18 +53,45 @@ def timer() -> Iterator[Callable[[], float]]:
     elapsed.append(time.perf_counter() - start)
 
 
+BENCH_POSTGRES_URL = "ARBITER_BENCH_POSTGRES_URL"
+"""An existing PostgreSQL server to measure on, as a libpq URL whose role may create
+databases, e.g. ``postgresql://arbiter@127.0.0.1:5432/postgres``."""
+
+
 @contextmanager
 def postgres_url() -> Iterator[str]:
-    """A fresh database on a private PostgreSQL server (or ARBITER_BENCH_POSTGRES_URL)."""
+    """A fresh, empty database (SQLAlchemy URL), dropped afterwards.
+
+    On the server named by ARBITER_BENCH_POSTGRES_URL when it is set, which is left
+    running; else on a private PostgreSQL server started for this benchmark and stopped
+    after it. Benchmarks need an empty database: they count the rows they insert.
+    """
     from tests.support.postgres import PostgresServer
 
     server = PostgresServer()
-    server.start()
+    external = os.environ.get(BENCH_POSTGRES_URL)
+    if external:
+        server.admin_url = _libpq_url(external)
+    else:
+        server.start()
     try:
         url = server.new_database()
-        yield url
+        try:
+            yield url
+        finally:
+            if external:
+                server.drop_database(url)
     finally:
         server.stop()
+
+
+def _libpq_url(url: str) -> str:
+    """``url`` as psycopg takes it: SQLAlchemy's ``postgresql+psycopg://`` and the
+    ``postgres://`` shorthand become ``postgresql://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"{BENCH_POSTGRES_URL} must be a postgresql:// URL")
+    return f"postgresql://{rest}"
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

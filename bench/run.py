@@ -2,6 +2,10 @@
 
 .venv/bin/python -m bench.run            # all
 .venv/bin/python -m bench.run ingest     # one
+
+PostgreSQL benchmarks start a private server, or use the existing one named by
+ARBITER_BENCH_POSTGRES_URL (see bench/common.py). stdout is the JSON results only;
+progress and log lines go to stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+
+from arbiter.logs import configure as configure_logging
 
 BENCHMARKS = {
     "ingest": "bench.ingest",
@@ -18,6 +24,9 @@ BENCHMARKS = {
 
 
 def main(argv: list[str]) -> int:
+    # stdout carries only the JSON results; the measured code logs as the daemon does
+    # (info, JSON lines), but to stderr with the progress lines.
+    configure_logging(level="info", fmt="json", stream=sys.stderr)
     names = argv or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

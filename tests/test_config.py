@@ -69,6 +69,48 @@ def test_an_unknown_section_is_an_error(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+def test_an_unknown_section_in_a_variable_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env={"ARBITER_DAEMN__MODE": "enforce", "XDG_CONFIG_HOME": str(tmp_path)})
+    assert str(err.value) == (
+        "environment ARBITER_DAEMN__MODE: unknown section 'daemn'; did you mean 'daemon'?"
+    )
+    assert err.value.source == "environment ARBITER_DAEMN__MODE"
+
+
+def test_an_unknown_section_in_a_variable_names_the_variable_not_the_file(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "[daemon]\nmode = 'recommend'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={"ARBITER_DAEMN__MODE": "enforce"})
+    assert err.value.source == "environment ARBITER_DAEMN__MODE"
+    assert str(path) not in str(err.value)
+
+
+def test_an_unknown_section_with_no_close_match_lists_the_sections(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env={"ARBITER_ZZZ__MODE": "enforce", "XDG_CONFIG_HOME": str(tmp_path)})
+    assert str(err.value).startswith(
+        "environment ARBITER_ZZZ__MODE: unknown section 'zzz'; known: database, daemon,"
+    )
+
+
+def test_an_unknown_section_in_both_file_and_variable_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[daemn]\nmode = 'recommend'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={"ARBITER_DAEMN__MODE": "enforce"})
+    assert err.value.source == str(path)
+    assert err.value.key == "daemn"
+
+
+def test_a_variable_that_nests_below_a_setting_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env={"ARBITER_DAEMON__MODE__X": "enforce", "XDG_CONFIG_HOME": str(tmp_path)})
+    assert err.value.source == "environment ARBITER_DAEMON__MODE__X"
+    assert err.value.key == "daemon.mode"
+
+
 def test_a_wrong_value_names_the_variable_it_came_from(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(env={"ARBITER_MODE": "yolo", "XDG_CONFIG_HOME": str(tmp_path)})

@@ -1,6 +1,9 @@
 """The shipped region catalog: valid, complete, and right about where regions are,
 checked against independent sources (botocore's region names, Cyclenerd's GCP region
-list, Electricity Maps' data-centre list)."""
+list, Electricity Maps' data-centre list, Cloud Carbon Footprint's region-to-zone map,
+Google's region-carbon-info), and, for the few regions none of them locates, against
+a small table of documented facts. Every region's country and coordinates are checked
+by at least one of these."""
 
 from __future__ import annotations
 
@@ -18,21 +21,89 @@ from arbiter.errors import CatalogError
 DATA = Path(__file__).parent / "data"
 HEADER = "provider,region,name,country,city,latitude,longitude,grid_zone\n"
 
+# Regions that none of the sources in tests/data locates (too new for them, or
+# restricted), with where the provider says they are. `city` is the provider's own
+# statement; country and coordinates are those of that city (city centre, to 0.01°,
+# or the provider's published coordinates where it publishes them). Sources:
+#   AWS    "Regions and Availability Zones" (ap-east-2 = "Asia Pacific (Taipei)"),
+#          https://docs.aws.amazon.com/global-infrastructure/latest/regions/aws-regions.html;
+#          botocore's description, checked below.
+#   Azure  Microsoft Learn "Azure regions list", column "Physical location",
+#          https://learn.microsoft.com/azure/reliability/regions-list. For jioindiacentral,
+#          jioindiawest and westindia also Azure Resource Manager's location metadata
+#          (`az account list-locations`: physicalLocation, latitude, longitude), whose
+#          coordinates are used. The region ids name the country, checked below.
+#   GCP    us-central2 is Google's Mayes County data centre in Pryor, Oklahoma,
+#          https://www.google.com/about/datacenters/locations/mayes-county/; Google's
+#          region-carbon-info and Cloud Carbon Footprint place it in the US (below).
+LOCATED_BY_HAND: dict[str, tuple[str, str, float, float]] = {
+    # key: (city, country, latitude, longitude)
+    "aws:ap-east-2": ("Taipei", "TW", 25.03, 121.57),
+    "azure:austriaeast": ("Vienna", "AT", 48.21, 16.37),
+    "azure:belgiumcentral": ("Brussels", "BE", 50.85, 4.35),
+    "azure:chilecentral": ("Santiago", "CL", -33.45, -70.67),
+    "azure:denmarkeast": ("Copenhagen", "DK", 55.68, 12.57),
+    "azure:indiasouthcentral": ("Hyderabad", "IN", 17.39, 78.49),
+    "azure:jioindiacentral": ("Nagpur", "IN", 21.146633, 79.08886),
+    "azure:jioindiawest": ("Jamnagar", "IN", 22.470701, 70.05773),
+    "azure:malaysiawest": ("Kuala Lumpur", "MY", 3.14, 101.69),
+    "azure:swedensouth": ("Malmö", "SE", 55.61, 13.00),
+    "azure:taiwannorth": ("Taipei", "TW", 25.03, 121.57),
+    "azure:westindia": ("Mumbai", "IN", 19.088, 72.868),
+    "gcp:us-central2": ("Pryor", "US", 36.31, -95.32),
+}
+
+# Excerpts of two Apache-2.0 sources that are not in tests/data, pinned here so these
+# checks always run; test_pinned_excerpts_match_the_shared_data compares them with the
+# project's shared data collection when it is checked out.
+#   Cloud Carbon Footprint @ b7a049c7 (shared cloud_region_emission_factors_ccf.csv):
+#   (cloud, region, grid factor in gCO2e/kWh, Electricity Maps zone or "")
+CCF_ROWS = (
+    ("azure", "centralindia", "708.2", "IN-WE"),
+    ("azure", "southindia", "708.2", "IN-SO"),
+    ("azure", "westindia", "708.2", "IN-WE"),
+    ("azure", "jioindiacentral", "708.2", ""),
+    ("azure", "jioindiawest", "708.2", ""),
+    ("gcp", "us-central2", "456", "US-MIDW-MISO"),
+)
+#   GoogleCloudPlatform/region-carbon-info @ 49f3f26b, data/yearly/2024.csv (shared
+#   gcp_region_carbon_yearly.csv): region -> location as Google names it
+GOOGLE_LOCATIONS = {"us-central2": "Oklahoma"}
+
 
 @pytest.fixture(scope="module")
 def catalog() -> RegionCatalog:
     return load_catalog()
 
 
-def _csv(name: str) -> list[dict[str, str]]:
-    with open(DATA / name, newline="", encoding="utf-8") as f:
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
-def test_every_public_aws_region_in_botocore_is_in_the_catalog(catalog: RegionCatalog) -> None:
+def _csv(name: str) -> list[dict[str, str]]:
+    return _read(DATA / name)
+
+
+def _shared_data() -> Path | None:
+    """The project's shared public-data collection, when it is checked out next to
+    the repository (it is not part of the repository)."""
+    root = Path(__file__).resolve().parents[1]
+    for candidate in (root.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _botocore_aws_regions() -> dict[str, str]:
+    """Region id -> description, from the installed botocore's endpoints.json."""
     endpoints = json.loads((Path(botocore.__file__).parent / "data" / "endpoints.json").read_text())
     (aws,) = [p for p in endpoints["partitions"] if p["partition"] == "aws"]
-    botocore_regions = {name: r["description"] for name, r in aws["regions"].items()}
+    return {name: r["description"] for name, r in aws["regions"].items()}
+
+
+def test_every_public_aws_region_in_botocore_is_in_the_catalog(catalog: RegionCatalog) -> None:
+    botocore_regions = _botocore_aws_regions()
     ours = {r.id: r for r in catalog.for_provider("aws")}
     assert set(ours) == set(botocore_regions)
     for region_id, description in botocore_regions.items():
@@ -107,6 +178,118 @@ def test_catalog_covers_every_region_in_electricity_maps_list(catalog: RegionCat
         and catalog.get(row["cloud"], row["region"]) is None
     ]
     assert missing == []
+
+
+def test_countries_agree_with_cloud_carbon_footprint_zones(catalog: RegionCatalog) -> None:
+    shared = _shared_data()
+    if shared is None:
+        pytest.skip("the shared data collection is not checked out")
+    disagree = []
+    for row in _read(shared / "cloud_region_emission_factors_ccf.csv"):
+        region = catalog.get(row["cloud"], row["region"])
+        zone = row["ccf_electricitymaps_zone"]
+        if region is not None and zone and zone.split("-")[0] != region.country:
+            disagree.append((region.key, region.country, zone))
+    assert disagree == []
+
+
+# -- regions none of the sources above locates -------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(LOCATED_BY_HAND))
+def test_a_region_no_source_locates_matches_the_documented_facts(
+    catalog: RegionCatalog, key: str
+) -> None:
+    city, country, lat, lon = LOCATED_BY_HAND[key]
+    region = catalog.by_key(key)
+    assert region is not None, f"{key} is documented here but not in the catalog"
+    assert (region.city, region.country) == (city, country)
+    assert great_circle_km(lat, lon, region.latitude, region.longitude) < 50
+
+
+def test_botocore_names_the_city_of_the_aws_regions_located_by_hand() -> None:
+    descriptions = _botocore_aws_regions()
+    for key, (city, *_) in LOCATED_BY_HAND.items():
+        provider, region = key.split(":")
+        if provider == "aws":
+            assert descriptions[region].endswith(f"({city})"), key
+
+
+def test_azure_region_ids_name_the_country_of_the_regions_located_by_hand() -> None:
+    import pycountry
+
+    for key, (_, country, *_) in LOCATED_BY_HAND.items():
+        provider, region = key.split(":")
+        if provider == "azure":
+            found = pycountry.countries.get(alpha_2=country)
+            assert found is not None
+            name = getattr(found, "common_name", found.name)
+            assert name.lower().replace(" ", "") in region, (key, name)
+
+
+def test_cloud_carbon_footprint_gives_the_india_regions_indias_grid_factor(
+    catalog: RegionCatalog,
+) -> None:
+    # CCF prices Azure regions outside the US at their country's grid factor. It maps
+    # westindia to an Indian zone and gives the Jio regions, which it does not map,
+    # the factor of the regions it maps to Indian zones.
+    india = {row[2] for row in CCF_ROWS if row[3].startswith("IN-")}
+    assert len(india) == 1
+    for cloud, name, factor, zone in CCF_ROWS:
+        region = catalog.get(cloud, name)
+        assert region is not None
+        if factor in india:
+            assert region.country == "IN", region.key
+            assert zone == "" or zone.split("-")[0] == "IN"
+
+
+def test_google_and_cloud_carbon_footprint_place_us_central2_in_the_us(
+    catalog: RegionCatalog,
+) -> None:
+    import pycountry
+
+    region = catalog.get("gcp", "us-central2")
+    assert region is not None
+    state = pycountry.subdivisions.lookup(GOOGLE_LOCATIONS["us-central2"])
+    assert (state.code, state.country_code) == ("US-OK", region.country)
+    # CCF maps it to MISO; Pryor is served by the Grand River Dam Authority, a member
+    # of SPP, so only the country is compared.
+    (zone,) = [z for c, r, _, z in CCF_ROWS if (c, r) == ("gcp", "us-central2")]
+    assert zone.split("-")[0] == region.country
+
+
+def test_pinned_excerpts_match_the_shared_data() -> None:
+    shared = _shared_data()
+    if shared is None:
+        pytest.skip("the shared data collection is not checked out")
+    ccf = {
+        (r["cloud"], r["region"], r["emission_factor_gco2e_per_kwh"], r["ccf_electricitymaps_zone"])
+        for r in _read(shared / "cloud_region_emission_factors_ccf.csv")
+    }
+    assert set(CCF_ROWS) <= ccf
+    google = {
+        r["gcp_region"]: r["location"]
+        for r in _read(shared / "gcp_region_carbon_yearly.csv")
+        if r["year"] == "2024"
+    }
+    assert {region: google[region] for region in GOOGLE_LOCATIONS} == GOOGLE_LOCATIONS
+
+
+def test_every_region_has_its_country_and_location_checked(catalog: RegionCatalog) -> None:
+    electricity_maps = {
+        f"{row['cloud']}:{row['region']}": row
+        for row in _csv("cloud_region_locations_electricitymaps.csv")
+    }
+    located = (
+        set(electricity_maps)
+        | {f"gcp:{row['gcp_region']}" for row in _csv("gcp_regions_cyclenerd.csv")}
+        | set(LOCATED_BY_HAND)
+    )
+    country_checked = {
+        key for key, row in electricity_maps.items() if row["electricitymaps_zone"]
+    } | set(LOCATED_BY_HAND)
+    unchecked = [r.key for r in catalog if r.key not in located or r.key not in country_checked]
+    assert unchecked == []
 
 
 def test_catalog_has_every_provider(catalog: RegionCatalog) -> None:

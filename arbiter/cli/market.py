@@ -52,7 +52,13 @@ def _is_stale(limits: dict[str, float], source: str, now: datetime, seen: dateti
     show_default=True,
     help="Sort by $/GPU-hour or by $/hour.",
 )
-@click.option("--limit", type=int, default=50, show_default=True, help="Rows to show (0 = all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Rows to show, cheapest first (0 = all); stderr says when rows were left out.",
+)
 @click.option(
     "--include-stale",
     is_flag=True,
@@ -114,8 +120,12 @@ def prices(
     key = "usd_per_gpu_hour" if sort == "gpu-hour" else "usd_per_hour"
     rows.sort(key=lambda r: (r[key] is None, r[key] or 0, r["provider"], r["region"]))
     shown = rows[:limit] if limit else rows
+    # Never drop rows silently: JSON readers get the same note, on stderr, as people.
+    left_out = f"showing {len(shown)} of {len(rows)} offers; --limit 0 for all"
     if output == "json":
         emit_json(shown)
+        if len(shown) < len(rows):
+            click.echo(f"arbiter: warning: {left_out}", err=True)
         return
     emit_table(
         [
@@ -147,7 +157,7 @@ def prices(
             for r in shown
         ],
     )
-    click.echo(f"{len(shown)} of {len(rows)} offers", err=True)
+    click.echo(left_out if len(shown) < len(rows) else f"{len(rows)} offers", err=True)
 
 
 @click.command()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from arbiter.cli.main import cli
 from arbiter.store.db import make_engine
@@ -138,6 +138,77 @@ def test_regions_table_matches_the_golden_file(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 0
     expected = (GOLDEN / "regions_gcp_eea.txt").read_text()
     assert result.stdout == expected
+
+
+@pytest.fixture
+def three_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database holding three fresh on-demand prices; no config file, no ARBITER_*."""
+    from datetime import UTC, datetime
+
+    from arbiter.domain.market import Offer, PriceQuote
+    from arbiter.store.db import upgrade
+
+    for name in [k for k in os.environ if k.startswith("ARBITER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    url = f"sqlite:///{tmp_path / 'prices.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    now = datetime.now(UTC)
+    Store(engine).prices.record(
+        PriceQuote(
+            offer=Offer(
+                provider="aws", region=region, instance_type="g5.xlarge", market="on-demand"
+            ),
+            usd_per_hour=price,
+            observed_at=now,
+            source="aws",
+        )
+        for region, price in (("us-east-1", 1.006), ("eu-west-1", 1.123), ("eu-central-1", 1.2))
+    )
+    engine.dispose()
+    return url
+
+
+def _prices(url: str, *args: str) -> Result:
+    result = CliRunner().invoke(cli, ["--database-url", url, "prices", "--sort", "hour", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_prices_json_says_on_stderr_when_the_limit_left_rows_out(three_prices: str) -> None:
+    result = _prices(three_prices, "--limit", "2", "-o", "json")
+    rows = json.loads(result.stdout)
+    assert [r["region"] for r in rows] == ["us-east-1", "eu-west-1"]
+    assert result.stderr == "arbiter: warning: showing 2 of 3 offers; --limit 0 for all\n"
+
+
+def test_prices_json_is_silent_on_stderr_when_every_row_is_shown(three_prices: str) -> None:
+    result = _prices(three_prices, "-o", "json")
+    assert len(json.loads(result.stdout)) == 3
+    assert result.stderr == ""
+
+
+def test_prices_limit_0_shows_every_row(three_prices: str) -> None:
+    result = _prices(three_prices, "--limit", "0", "-o", "json")
+    assert len(json.loads(result.stdout)) == 3
+    assert result.stderr == ""
+
+
+def test_prices_table_notes_the_rows_the_limit_left_out(three_prices: str) -> None:
+    result = _prices(three_prices, "--limit", "1")
+    assert "us-east-1" in result.stdout and "eu-west-1" not in result.stdout
+    assert result.stderr == "showing 1 of 3 offers; --limit 0 for all\n"
+
+
+def test_prices_table_counts_the_offers_when_none_are_left_out(three_prices: str) -> None:
+    assert _prices(three_prices).stderr == "3 offers\n"
+
+
+def test_prices_refuses_a_negative_limit(three_prices: str) -> None:
+    result = CliRunner().invoke(cli, ["--database-url", three_prices, "prices", "--limit", "-1"])
+    assert result.exit_code == 2
+    assert "--limit" in result.stderr
 
 
 def _wait_for(predicate: object, timeout: float = 30.0) -> None:
