@@ -1,0 +1,808 @@
+"""deploy/: the systemd unit, the container image, the Kubernetes manifests, the Grafana
+dashboard and alert rules, the IAM policies and the PostgreSQL roles, each checked
+against the code it deploys (metric names, provider calls, config keys, the schema).
+
+What is *not* checked here, because this machine and CI have no engine for it: building
+the image, and validating the Kubernetes manifests against an API server's schema.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from arbiter.config import HttpConfig, load_config
+from arbiter.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+UNIT = DEPLOY / "systemd" / "arbiter.service"
+CONTAINERFILE = DEPLOY / "container" / "Containerfile"
+KUBERNETES = DEPLOY / "kubernetes"
+DASHBOARD = DEPLOY / "grafana" / "arbiter-dashboard.json"
+ALERTS = DEPLOY / "prometheus" / "arbiter-alerts.yaml"
+IAM = DEPLOY / "iam"
+ROLES_SQL = DEPLOY / "postgres" / "roles.sql"
+ARBITER = Path(sys.executable).parent / "arbiter"
+
+
+# -- systemd -----------------------------------------------------------------------
+
+
+def unit_entries(text: str) -> list[tuple[str, str, str]]:
+    """``(section, key, value)`` for every assignment of a unit file, in order."""
+    entries = []
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def unit_values(section: str, key: str) -> list[str]:
+    return [v for s, k, v in unit_entries(UNIT.read_text()) if s == section and k == key]
+
+
+def unit_value(section: str, key: str) -> str:
+    values = unit_values(section, key)
+    assert len(values) == 1, f"{key}= appears {len(values)} times in [{section}]"
+    return values[0]
+
+
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    # verify insists that ExecStart's binary exists: point it at this checkout's arbiter.
+    text = UNIT.read_text()
+    assert "ExecStart=/opt/arbiter/.venv/bin/arbiter run" in text
+    unit = tmp_path / "arbiter.service"
+    unit.write_text(text.replace("/opt/arbiter/.venv/bin/arbiter", str(ARBITER)))
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    # verify exits 0 on unknown keys and unparseable values: it only warns. Any line
+    # about our unit is a mistake.
+    assert result.returncode == 0, output
+    assert [line for line in output.splitlines() if "arbiter.service" in line] == []
+
+
+def test_the_unit_is_a_notify_service_with_a_watchdog_that_restarts_on_failure() -> None:
+    assert unit_value("Service", "Type") == "notify"
+    assert unit_value("Service", "NotifyAccess") == "main"
+    assert int(unit_value("Service", "WatchdogSec")) >= 20
+    assert unit_value("Service", "Restart") == "on-failure"
+    assert unit_value("Service", "ExecReload").endswith("kill -HUP $MAINPID")
+    assert unit_value("Service", "KillSignal") == "SIGTERM"
+    assert int(unit_value("Service", "TimeoutStopSec")) >= 60
+
+
+def test_the_unit_runs_a_command_the_cli_has() -> None:
+    from arbiter.cli.main import cli
+
+    command = unit_value("Service", "ExecStart").split()
+    assert command[0] == "/opt/arbiter/.venv/bin/arbiter"
+    assert command[1] in cli.commands
+
+
+def test_the_unit_is_sandboxed() -> None:
+    expected = {
+        "DynamicUser": "yes",
+        "StateDirectory": "arbiter",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "SystemCallFilter": "@system-service",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+    }
+    assert {key: unit_value("Service", key) for key in expected} == expected
+
+
+def test_the_units_state_directory_holds_the_embedded_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from arbiter.store.db import default_sqlite_path
+
+    environment = dict(v.split("=", 1) for v in unit_values("Service", "Environment"))
+    assert environment["XDG_DATA_HOME"] == "%S"  # /var/lib for a system unit
+    monkeypatch.setenv("XDG_DATA_HOME", "/var/lib")
+    assert (
+        default_sqlite_path()
+        == Path("/var/lib") / unit_value("Service", "StateDirectory") / "arbiter.db"
+    )
+
+
+# -- container image -----------------------------------------------------------------
+
+
+def containerfile_instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in CONTAINERFILE.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or not line:
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def instruction(name: str) -> list[str]:
+    return [rest for word, rest in containerfile_instructions() if word == name]
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for rest in instruction("ENV"):
+        for item in re.findall(r"(\w+)=(\S+)", rest):
+            env[item[0]] = item[1]
+    return env
+
+
+def test_the_image_runs_as_a_numeric_non_root_user() -> None:
+    (user,) = instruction("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0
+    assert gid.isdigit() and int(gid) != 0
+
+
+def test_the_image_entrypoint_is_arbiter_run_in_exec_form() -> None:
+    (entrypoint,) = instruction("ENTRYPOINT")
+    (cmd,) = instruction("CMD")
+    assert json.loads(entrypoint) + json.loads(cmd) == ["arbiter", "run"]
+
+
+def test_the_image_installs_the_locked_dependencies_and_the_migrations() -> None:
+    copied = " ".join(instruction("COPY"))
+    assert "requirements.lock" in copied and "migrations" in copied
+    assert any("-c requirements.lock" in run for run in instruction("RUN"))
+    for rest in instruction("COPY"):
+        *sources, _destination = rest.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_the_images_environment_is_valid_configuration() -> None:
+    env = image_env()
+    settings = load_config(env={k: v for k, v in env.items() if k.startswith("ARBITER_")}).settings
+    assert settings.http.port == int(instruction("EXPOSE")[0])
+    assert settings.http.port == HttpConfig().port
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    from arbiter.http_api import Endpoint
+    from arbiter.store.db import make_engine, upgrade
+    from arbiter.store.repositories import Store
+
+    url = f"sqlite:///{tmp_path / 'arbiter.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    server = Endpoint(
+        "127.0.0.1",
+        0,
+        Store(engine),
+        lambda: {"leader": True, "mode": "observe", "name": "test:1"},
+        lambda: (True, []),
+    )
+    server.start()
+    yield server.address
+    server.stop()
+    engine.dispose()
+
+
+def healthcheck_command() -> list[str]:
+    (healthcheck,) = instruction("HEALTHCHECK")
+    command: list[str] = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert command[0] == "/opt/arbiter/.venv/bin/python"
+    return [sys.executable, *command[1:]]
+
+
+def test_the_image_health_check_passes_against_a_serving_daemon(
+    endpoint: tuple[str, int],
+) -> None:
+    _host, port = endpoint
+    env = {**os.environ, "ARBITER_HTTP__PORT": str(port)}
+    result = subprocess.run(healthcheck_command(), env=env, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_image_health_check_fails_when_nothing_serves() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before the check runs
+    env = {**os.environ, "ARBITER_HTTP__PORT": str(port)}
+    result = subprocess.run(healthcheck_command(), env=env, capture_output=True, timeout=30)
+    assert result.returncode != 0
+
+
+# -- Kubernetes ------------------------------------------------------------------------
+
+
+def manifests() -> dict[str, list[dict[str, Any]]]:
+    return {
+        path.name: [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        for path in sorted(KUBERNETES.glob("*.yaml"))
+    }
+
+
+def manifest(kind: str, name: str = "arbiter") -> dict[str, Any]:
+    found = [
+        doc
+        for docs in manifests().values()
+        for doc in docs
+        if doc["kind"] == kind and doc.get("metadata", {}).get("name") == name
+    ]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def container(kind: str = "Deployment", name: str = "arbiter") -> dict[str, Any]:
+    (first,) = manifest(kind, name)["spec"]["template"]["spec"]["containers"]
+    return first  # type: ignore[no-any-return]
+
+
+def test_every_kubernetes_manifest_parses_and_names_its_kind() -> None:
+    found = manifests()
+    assert found, "no manifests in deploy/kubernetes"
+    for filename, docs in found.items():
+        assert docs, f"{filename} is empty"
+        for doc in docs:
+            assert {"apiVersion", "kind"} <= set(doc), filename
+            if doc["kind"] != "Kustomization":
+                assert doc["metadata"]["name"], filename
+                if doc["kind"] != "Namespace":
+                    assert doc["metadata"]["namespace"] == "arbiter", filename
+
+
+def test_the_kustomization_lists_every_manifest_but_the_template_and_the_job() -> None:
+    kustomization = manifests()["kustomization.yaml"][0]
+    listed = set(kustomization["resources"])
+    on_disk = set(manifests()) - {"kustomization.yaml"}
+    assert listed == on_disk - {"secret.example.yaml", "job-db-upgrade.yaml"}
+
+
+def test_kustomize_builds_the_manifests() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; `kubectl kustomize` not tried")
+    # A render only (offline): it proves the kustomization is consistent, not that the
+    # API server would accept the objects; that needs a cluster or kubeconform.
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout))
+    assert "Deployment" in kinds and "PodDisruptionBudget" in kinds
+
+
+def test_the_deployment_runs_two_replicas_of_arbiter_run() -> None:
+    deployment = manifest("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert container()["args"] == ["run"]
+
+
+def test_the_deployment_probes_healthz_and_readyz_on_the_metrics_port() -> None:
+    main = container()
+    (port,) = main["ports"]
+    assert port["containerPort"] == HttpConfig().port
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert main["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_pods_run_as_the_images_user_with_a_read_only_root() -> None:
+    uid, _, gid = instruction("USER")[0].partition(":")
+    for kind, name in (("Deployment", "arbiter"), ("Job", "arbiter-db-upgrade")):
+        pod = manifest(kind, name)["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == int(uid)
+        assert pod["securityContext"]["runAsGroup"] == int(gid)
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        security = container(kind, name)["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_pods_get_no_service_link_variables() -> None:
+    # arbiter refuses unknown ARBITER_* variables; a Service named arbiter would inject
+    # ARBITER_SERVICE_HOST and friends into every pod of the namespace.
+    for kind, name in (("Deployment", "arbiter"), ("Job", "arbiter-db-upgrade")):
+        assert manifest(kind, name)["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    with pytest.raises(ConfigError, match="ARBITER_SERVICE_HOST"):
+        load_config(env={"ARBITER_SERVICE_HOST": "10.0.0.1"})
+
+
+def test_the_stop_grace_period_outlasts_the_daemons_graceful_stop() -> None:
+    pod = manifest("Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > int(unit_value("Service", "TimeoutStopSec"))
+
+
+def test_the_config_map_and_the_deployments_variables_are_valid_configuration(
+    tmp_path: Path,
+) -> None:
+    from arbiter.polling import build_sources
+
+    config = tmp_path / "config.toml"
+    config.write_text(manifest("ConfigMap", "arbiter-config")["data"]["config.toml"])
+    env = {item["name"]: "dummy-value" for item in container()["env"]}
+    env["ARBITER_DATABASE_URL"] = "postgresql://arbiter_daemon@127.0.0.1/arbiter"
+    assert all(name.startswith("ARBITER_") for name in env)
+    settings = load_config(config, env=env).settings
+    sources = build_sources(settings.sources)  # every adapter validates its options
+    assert {"aws", "gcp", "azure"} <= set(sources)
+    for source in sources.values():
+        close = getattr(source.adapter, "close", None)
+        if close is not None:
+            close()
+
+
+def test_the_config_is_mounted_where_arbiter_looks_for_it() -> None:
+    from arbiter.config import default_config_paths
+
+    mounts = {m["mountPath"]: m for m in container()["volumeMounts"]}
+    assert "/etc/arbiter/config.toml" in mounts
+    volumes = {v["name"]: v for v in manifest("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    for mount in mounts.values():
+        assert mount["name"] in volumes
+        config_map = volumes[mount["name"]].get("configMap")
+        if config_map:
+            manifest("ConfigMap", config_map["name"])
+    assert Path("/etc/arbiter/config.toml") in default_config_paths()
+
+
+def test_the_database_url_comes_from_the_credentials_secret() -> None:
+    env = {item["name"]: item for item in container()["env"]}
+    reference = env["ARBITER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "arbiter-credentials", "key": "database-url"}
+    secret = manifest("Secret", "arbiter-credentials")
+    keys = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for item in env.values()
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert keys <= set(secret["stringData"])
+
+
+def test_the_service_the_monitor_and_the_budget_select_the_daemon_pods() -> None:
+    pod_labels = manifest("Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = manifest("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = manifest("ServiceMonitor")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= service_ports
+    budget = manifest("PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert budget["spec"]["maxUnavailable"] < manifest("Deployment")["spec"]["replicas"]
+
+
+# -- metrics: dashboard and alerts -------------------------------------------------------
+
+
+def exported_metric_names() -> set[str]:
+    """Every metric name the code defines (``*MetricFamily``, or a prometheus_client
+    ``Counter``/``Gauge``/... with its first argument a literal), plus the series
+    names Prometheus derives from counters, histograms and summaries."""
+    suffixes = {
+        "Counter": ("_total", "_created"),
+        "CounterMetricFamily": ("_total", "_created"),
+        "Histogram": ("_bucket", "_sum", "_count", "_created"),
+        "HistogramMetricFamily": ("_bucket", "_sum", "_count", "_created"),
+        "Summary": ("_sum", "_count", "_created"),
+        "SummaryMetricFamily": ("_sum", "_count", "_created"),
+        "Info": ("_info",),
+        "InfoMetricFamily": ("_info",),
+    }
+    kinds = {"Gauge", "Enum", "GaugeMetricFamily", "StateSetMetricFamily", *suffixes}
+    names: set[str] = set()
+    for path in sorted((ROOT / "arbiter").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            func = node.func
+            kind = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if kind in kinds and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                base = first.value.removesuffix("_total")
+                names.add(first.value)
+                names.update(base + suffix for suffix in suffixes.get(kind, ()))
+    return names
+
+
+def referenced_metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\barbiter_[a-z0-9_]+\b", text))
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            queries.extend(t["expr"] for t in panel.get("targets", []))
+            walk(panel.get("panels", []))
+
+    walk(dashboard["panels"])
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            queries.append(variable["definition"])
+    return queries
+
+
+def test_the_metric_names_found_in_the_code_are_the_ones_served(
+    endpoint: tuple[str, int],
+) -> None:
+    host, port = endpoint
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    served = set(re.findall(r"^# TYPE (\S+) ", body, flags=re.MULTILINE))
+    assert served
+    assert served <= exported_metric_names()
+
+
+def test_every_metric_on_the_dashboard_is_exported_by_arbiter() -> None:
+    queries = dashboard_queries()
+    assert queries
+    used = set().union(*(referenced_metric_names(q) for q in queries))
+    assert used, "the dashboard names no arbiter metric"
+    assert used <= exported_metric_names(), sorted(used - exported_metric_names())
+
+
+def test_every_dashboard_panel_queries_the_chosen_data_source() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["targets"], panel["title"]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_every_metric_in_the_alerts_is_exported_by_arbiter() -> None:
+    used = set().union(*(referenced_metric_names(rule["expr"]) for rule in alert_rules()))
+    assert used
+    assert used <= exported_metric_names(), sorted(used - exported_metric_names())
+
+
+def test_the_prometheus_rule_carries_the_same_alerts_as_the_rule_file() -> None:
+    assert manifest("PrometheusRule")["spec"] == yaml.safe_load(ALERTS.read_text())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["check", "rules", str(ALERTS)], ["test", "rules", str(ALERTS.with_suffix(".test.yaml"))]],
+    ids=["check", "unit-tests"],
+)
+def test_promtool_accepts_the_alerts_and_their_unit_tests_pass(command: list[str]) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    result = subprocess.run(
+        [promtool, *command], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- IAM -------------------------------------------------------------------------------
+
+
+def provider_tree(name: str) -> ast.Module:
+    path = ROOT / "providers" / f"{name}.py"
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def aws_calls() -> set[tuple[str, str]]:
+    """``(service, operation)`` for each boto3 call in providers/aws.py: methods called on,
+    or paginators taken from, ``self.<service>_client(...)``."""
+    calls: set[tuple[str, str]] = set()
+    for node in ast.walk(provider_tree("aws")):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        receiver = node.func.value
+        if not (
+            isinstance(receiver, ast.Call)
+            and isinstance(receiver.func, ast.Attribute)
+            and receiver.func.attr.endswith("_client")
+        ):
+            continue
+        service = receiver.func.attr.removesuffix("_client")
+        if node.func.attr in ("get_paginator", "get_waiter"):
+            operation = node.args[0]
+            assert isinstance(operation, ast.Constant), ast.unparse(node)
+            calls.add((service, str(operation.value)))
+        else:
+            calls.add((service, node.func.attr))
+    return calls
+
+
+def iam_action(service: str, operation: str) -> str:
+    """``ec2``, ``describe_spot_price_history`` → ``ec2:DescribeSpotPriceHistory``, from
+    botocore's own service model (the IAM prefix is the signing name)."""
+    import botocore.session
+    from botocore import xform_name
+
+    model = botocore.session.get_session().get_service_model(service)
+    names = [op for op in model.operation_names if xform_name(op) == operation]
+    assert names, f"{service} has no operation {operation!r}"
+    return f"{model.signing_name}:{names[0]}"
+
+
+def aws_policy_actions() -> set[str]:
+    policy = json.loads((IAM / "aws-policy.json").read_text())
+    actions: set[str] = set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        actions.update(statement["Action"])
+    return actions
+
+
+def test_the_aws_policy_allows_exactly_the_calls_the_aws_source_makes() -> None:
+    calls = aws_calls()
+    assert ("ec2", "describe_spot_price_history") in calls  # the scan finds calls at all
+    needed = {iam_action(service, operation) for service, operation in calls}
+    assert aws_policy_actions() == needed
+
+
+def test_the_aws_source_builds_clients_only_for_the_services_in_the_policy() -> None:
+    created = {
+        str(node.args[0].value)
+        for node in ast.walk(provider_tree("aws"))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "client"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert created == {action.split(":")[0] for action in aws_policy_actions()}
+
+
+def test_the_aws_policy_only_reads() -> None:
+    verbs = {action.split(":")[1] for action in aws_policy_actions()}
+    assert all(v.startswith(("Describe", "Get", "List")) for v in verbs), verbs
+
+
+def gcp_permissions_used() -> set[str]:
+    """``compute.<resource>.<verb>`` for each method called on a google-cloud-compute
+    client in providers/gcp.py (``with compute_v1.XClient(...) as client``)."""
+    from google.cloud import compute_v1
+
+    verbs = {"list": "list", "aggregated_list": "list", "get": "get"}
+    used: set[str] = set()
+    for node in ast.walk(provider_tree("gcp")):
+        if not isinstance(node, ast.With):
+            continue
+        clients: dict[str, str] = {}
+        for item in node.items:
+            call = item.context_expr
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and isinstance(call.func.value, ast.Name)
+                and call.func.value.id == "compute_v1"
+                and isinstance(item.optional_vars, ast.Name)
+            ):
+                assert hasattr(compute_v1, call.func.attr), call.func.attr
+                clients[item.optional_vars.id] = call.func.attr
+        for inner in (n for stmt in node.body for n in ast.walk(stmt)):
+            if (
+                isinstance(inner, ast.Call)
+                and isinstance(inner.func, ast.Attribute)
+                and isinstance(inner.func.value, ast.Name)
+                and inner.func.value.id in clients
+            ):
+                client = clients[inner.func.value.id].removesuffix("Client")
+                resource = client[0].lower() + client[1:]
+                method = inner.func.attr
+                assert method in verbs, f"{client}.{method}: add its permission to this test"
+                used.add(f"compute.{resource}.{verbs[method]}")
+    return used
+
+
+def test_the_gcp_role_has_exactly_the_permissions_the_gcp_source_needs() -> None:
+    role = yaml.safe_load((IAM / "gcp-role.yaml").read_text())
+    used = gcp_permissions_used()
+    assert "compute.machineTypes.list" in used  # the scan finds calls at all
+    assert set(role["includedPermissions"]) == used
+    assert role["stage"] == "GA" and role["title"]
+
+
+# Azure's SDK carries no machine-readable map from operations to RBAC actions: this
+# table is it. A call that is not in it fails the test below, naming the call.
+AZURE_ACTIONS = {
+    ("resource_skus", "list"): "Microsoft.Compute/skus/read",
+    ("usage", "list"): "Microsoft.Compute/locations/usages/read",
+}
+
+
+def azure_calls() -> set[tuple[str, str]]:
+    """``(operation group, method)`` for each ARM call in providers/azure.py."""
+    from azure.core.credentials import AccessToken
+    from azure.mgmt.compute import ComputeManagementClient
+
+    class NoCredential:
+        def get_token(self, *_args: Any, **_kwargs: Any) -> AccessToken:
+            raise AssertionError("no token is needed to list operation groups")
+
+    client = ComputeManagementClient(NoCredential(), "00000000-0000-0000-0000-000000000000")
+    groups = {name for name in vars(client) if not name.startswith("_")}
+    client.close()
+    calls = set()
+    for node in ast.walk(provider_tree("azure")):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr in groups
+        ):
+            calls.add((node.func.value.attr, node.func.attr))
+    return calls
+
+
+def test_the_azure_role_has_exactly_the_actions_the_azure_source_needs() -> None:
+    role = json.loads((IAM / "azure-role.json").read_text())
+    calls = azure_calls()
+    assert ("resource_skus", "list") in calls  # the scan finds calls at all
+    unknown = calls - set(AZURE_ACTIONS)
+    assert not unknown, f"new ARM calls {sorted(unknown)}: add their actions to the role"
+    assert set(role["Actions"]) == {AZURE_ACTIONS[call] for call in calls}
+    assert role["NotActions"] == role["DataActions"] == role["NotDataActions"] == []
+    assert role["IsCustom"] is True
+
+
+# -- PostgreSQL roles -------------------------------------------------------------------
+
+
+def role_url(url: str, role: str, password: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(username=role, password=password).render_as_string(False)
+
+
+def run_roles_script(admin_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    plain = make_url(admin_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(ROLES_SQL.read_text().encode())
+
+
+@pytest.fixture
+def roles(postgres_server: Any) -> Iterator[dict[str, str]]:
+    """A fresh database with roles.sql applied: URLs for admin, daemon and reader."""
+    import secrets
+
+    from sqlalchemy.engine import make_url
+
+    admin = postgres_server.new_database()
+    run_roles_script(admin)
+    password = secrets.token_hex(16)
+    plain = make_url(admin).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        for role in ("arbiter_daemon", "arbiter_readonly"):
+            conn.execute(f"ALTER ROLE {role} PASSWORD '{password}'".encode())
+    yield {
+        "admin": admin,
+        "daemon": role_url(admin, "arbiter_daemon", password),
+        "reader": role_url(admin, "arbiter_readonly", password),
+    }
+    postgres_server.drop_database(admin)
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as conn:
+        for role in ("arbiter_daemon", "arbiter_readonly"):
+            # Still granted on another database of the session: dropped with the server.
+            with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+                conn.execute(f"DROP ROLE IF EXISTS {role}".encode())
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    from sqlalchemy.engine import make_url
+
+    return psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+
+
+@pytest.mark.postgres
+def test_the_daemon_role_migrates_and_writes_and_the_reader_only_reads(
+    roles: dict[str, str],
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from arbiter.store.db import check_current, make_engine, upgrade
+    from arbiter.store.repositories import Store
+
+    upgrade(roles["daemon"])  # the documented order: roles.sql, then db upgrade as the daemon
+    daemon = make_engine(roles["daemon"])
+    try:
+        Store(daemon).leases.acquire(
+            "leader", "host:1", now=datetime.now(UTC), ttl=timedelta(seconds=30)
+        )
+    finally:
+        daemon.dispose()
+
+    reader = make_engine(roles["reader"], read_only=True)
+    try:
+        check_current(reader)  # what every read-only CLI command does first
+        assert Store(reader).sources.all() == []
+    finally:
+        reader.dispose()
+
+    with connect(roles["reader"]) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert conn.execute("SELECT holder FROM leases").fetchall() == [("host:1",)]
+        conn.rollback()
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("DELETE FROM leases")
+        conn.rollback()
+        # Not just the session default: the grants refuse writes too.
+        conn.autocommit = True
+        conn.execute("SET default_transaction_read_only = off")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM leases")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO leases (name) VALUES ('x')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE intruder (id int)")
+
+
+@pytest.mark.postgres
+def test_the_roles_script_is_idempotent_and_covers_tables_made_by_another_role(
+    roles: dict[str, str],
+) -> None:
+    from arbiter.store.db import upgrade
+
+    upgrade(roles["admin"])  # migrations run by the admin, not by arbiter_daemon
+    run_roles_script(roles["admin"])  # ... so roles.sql is run again afterwards
+    with connect(roles["reader"]) as conn:
+        assert conn.execute("SELECT count(*) FROM offers").fetchone() == (0,)
+    with connect(roles["daemon"]) as conn:
+        conn.execute(
+            "INSERT INTO leases (name, holder, acquired_at, renewed_at, expires_at)"
+            " VALUES ('x', 'host:1', now(), now(), now())"
+        )
+        conn.commit()
