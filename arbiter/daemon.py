@@ -25,7 +25,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -43,6 +43,8 @@ from arbiter.store.repositories import Store
 from arbiter.systemd import Notifier
 
 LEADER_LEASE = "leader"
+LEASE_SAFETY = 0.8
+"""A leader acts only within this share of its lease after the last renewal."""
 
 
 def default_daemon_name() -> str:
@@ -81,7 +83,8 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.name = settings.daemon.name or default_daemon_name()
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self.is_leader = False
+        self._leader = False
+        self._lease_valid_until: datetime | None = None
         self.stopping = threading.Event()
         self.log = get_logger("daemon", daemon=self.name)
         self._scheduler: Any = None
@@ -90,6 +93,24 @@ class Daemon:
         self.endpoint: Endpoint | None = None
         self.reconciler: Any = None
         self.reload_requested = threading.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        """Leading, and the lease renewed recently enough to still hold: a leader cut
+        off from the store stops acting before its lease can expire and pass on."""
+        if not self._leader or self._lease_valid_until is None:
+            return False
+        if self.clock.now() >= self._lease_valid_until:
+            self._leader = False
+            self.log.error("lease not renewed in time: stepping down")
+            return False
+        return True
+
+    @is_leader.setter
+    def is_leader(self, value: bool) -> None:
+        self._leader = value
+        if not value:
+            self._lease_valid_until = None
 
     # -- start-up ---------------------------------------------------------------
 
@@ -123,9 +144,11 @@ class Daemon:
                         "to run several"
                     ) from None
                 return False
-        if not self.is_leader:
+        if not self._leader:
             self.log.info("leading", lease_seconds=ttl.total_seconds())
-        self.is_leader = True
+        self._leader = True
+        # act only while a renewal is recent: stop a safety margin before expiry
+        self._lease_valid_until = now + ttl * LEASE_SAFETY
         return True
 
     # -- jobs -------------------------------------------------------------------

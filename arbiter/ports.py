@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from arbiter.domain.fleet import ReplicaGroup
+from arbiter.domain.fleet import InterruptionNotice, ReplicaGroup
 from arbiter.domain.market import (
     CapacitySignal,
     CarbonReading,
@@ -256,3 +256,33 @@ class FakeExecutor:
 
     def in_flight(self, workload: str, group_id: str) -> int | None:
         return self.in_flight_requests.get(group_id, 0)
+
+
+# -------------------------------------------------------------------- interruptions
+
+
+class InterruptionSource(Protocol):
+    """Notices that a provider is about to reclaim spot capacity.
+
+    Contract: ``poll(now)`` returns the notices seen since the last call (each notice
+    at least once; duplicates are harmless), never raises for "no notice", and raises
+    :class:`~arbiter.errors.ProviderError` subclasses for failures (temporary ones are
+    retried by the caller on its next poll).
+    """
+
+    name: str
+
+    def poll(self, now: datetime) -> Sequence[InterruptionNotice]: ...
+
+
+class FakeInterruptions:
+    """In-memory interruption source: tests append notices to ``pending``."""
+
+    name = "fake-interruptions"
+
+    def __init__(self) -> None:
+        self.pending: list[InterruptionNotice] = []
+
+    def poll(self, now: datetime) -> list[InterruptionNotice]:
+        out, self.pending = self.pending, []
+        return out

@@ -23,13 +23,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from arbiter.config import Mode, Settings
 from arbiter.domain.decide import Outcome, decide
 from arbiter.domain.evaluation import PolicyBook
+from arbiter.domain.fleet import InterruptionNotice
+from arbiter.domain.market import Offer
 from arbiter.domain.migrations import MigrationState
 from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, plan
 from arbiter.domain.regions import RegionCatalog
@@ -40,6 +41,8 @@ from arbiter.logs import get_logger
 from arbiter.migrator import Migrator, last_migrations, placements_from_store
 from arbiter.ports import Clock
 from arbiter.store.repositories import Store
+
+NOTICE_MEMORY = timedelta(hours=1)
 
 
 @dataclass
@@ -87,7 +90,6 @@ class Reconciler:
         clock: Clock,
         *,
         stale_after: Mapping[str, float],
-        interrupted: Any = None,
     ) -> None:
         self.store = store
         self.migrator = migrator
@@ -95,8 +97,8 @@ class Reconciler:
         self.catalog = catalog
         self.clock = clock
         self.stale_after = dict(stale_after)
-        self.interrupted: set[str] = set(interrupted or ())
-        """Offer keys with an interruption notice (set by the interruption watchers)."""
+        self.notices: list[InterruptionNotice] = []
+        """Interruption notices still in force (the watchers add them)."""
         self.policy: PolicyState | None = None
         self.log = get_logger("reconcile")
 
@@ -160,16 +162,41 @@ class Reconciler:
     def mode_for(self, workload: str) -> Mode:
         return self.settings.daemon.workload_modes.get(workload, self.settings.daemon.mode)
 
+    def notice(self, notice: InterruptionNotice) -> bool:
+        """Take an interruption notice into account; True if it is new."""
+        if notice in self.notices:
+            return False
+        self.notices.append(notice)
+        self.log.warning(
+            "interruption notice",
+            provider=notice.provider.value,
+            region=notice.region,
+            instance_type=notice.instance_type,
+            deadline=notice.deadline.isoformat(),
+            source=notice.source,
+            detail=notice.detail,
+        )
+        return True
+
+    def interrupted(self, offer: Offer) -> bool:
+        return any(n.matches(offer) for n in self.notices)
+
     def market(self, now: datetime) -> MarketSnapshot:
         from arbiter.snapshots import build_snapshot
 
+        # a notice stays in force for an hour past its deadline: the capacity is gone
+        self.notices = [n for n in self.notices if n.deadline + NOTICE_MEMORY > now]
         snap: MarketSnapshot = build_snapshot(self.store, self.stale_after, now)
-        blocked = set(self.store.blocklist.active(now)) | self.interrupted
-        if not blocked:
+        blocked = set(self.store.blocklist.active(now))
+        if not blocked and not self.notices:
             return snap
         return MarketSnapshot.make(
             taken_at=snap.taken_at,
-            offers=tuple(o for o in snap.offers if o.offer.key not in blocked),
+            offers=tuple(
+                o
+                for o in snap.offers
+                if o.offer.key not in blocked and not self.interrupted(o.offer)
+            ),
             carbon=snap.carbon,
         )
 
@@ -197,9 +224,7 @@ class Reconciler:
                 and WAVE_MARK in last[name].reason,
                 in_flight=name in busy,
                 interrupted=frozenset(
-                    k
-                    for k in self.interrupted
-                    if any(p.offer.key == k for p in running.get(name, ()))
+                    p.offer.key for p in running.get(name, ()) if self.interrupted(p.offer)
                 ),
             )
             for name in set(running) | busy | {w.name for w in state.workloads}

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from arbiter.domain.market import Offer
-from arbiter.domain.values import Value
+from arbiter.domain.market import Market, Offer, Provider
+from arbiter.domain.values import UtcDatetime, Value
 from arbiter.domain.workloads import Slug
 
 
@@ -29,3 +29,30 @@ class ReplicaGroup(Value):
     @property
     def id(self) -> str:
         return group_id(self.workload, self.offer)
+
+
+class InterruptionNotice(Value):
+    """A provider's notice that spot capacity will be reclaimed at ``deadline``.
+
+    Notices name the capacity the way providers do — provider, region, instance type
+    (and zone when known) — so they match every offer of that shape, whichever
+    executor launched it."""
+
+    provider: Provider
+    region: Annotated[str, Field(min_length=1)]
+    instance_type: Annotated[str, Field(min_length=1)]
+    zone: str | None = None
+    market: Market = Market.SPOT
+    deadline: UtcDatetime
+    source: Annotated[str, Field(min_length=1)]
+    detail: str = ""
+    """e.g. the instance id or node name."""
+
+    def matches(self, offer: Offer) -> bool:
+        return (
+            offer.provider is self.provider
+            and offer.region == self.region
+            and offer.instance_type == self.instance_type
+            and offer.market is self.market
+            and (self.zone is None or offer.zone is None or offer.zone == self.zone)
+        )
