@@ -216,7 +216,12 @@ class LoadedConfig:
 def default_config_paths() -> tuple[Path, ...]:
     from platformdirs import user_config_dir
 
-    return (Path(user_config_dir("arbiter")) / "config.toml", Path("/etc/arbiter/config.toml"))
+    system = Path("/etc/arbiter/config.toml")
+    try:
+        return (Path(user_config_dir("arbiter")) / "config.toml", system)
+    except (RuntimeError, KeyError):
+        # no home directory (e.g. a systemd DynamicUser without HOME): system file only
+        return (system,)
 
 
 def find_config_file(

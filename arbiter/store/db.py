@@ -24,7 +24,13 @@ def default_sqlite_path() -> Path:
     """The embedded default database: ``arbiter.db`` in the user's data directory."""
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("arbiter")) / "arbiter.db"
+    try:
+        return Path(user_data_dir("arbiter")) / "arbiter.db"
+    except (RuntimeError, KeyError):
+        raise StoreError(
+            "no home directory to keep the embedded SQLite database in: set HOME or "
+            "XDG_DATA_HOME, or configure database.url"
+        ) from None
 
 
 def default_database_url() -> str:
