@@ -382,6 +382,30 @@ DEFAULT_SOURCES: dict[str, dict[str, Any]] = {
 """The embedded default: recorded real prices and capacity, and static carbon factors."""
 
 
+def is_embedded(settings: Settings) -> bool:
+    """The embedded default: no market-data source configured (the recorded market)."""
+    return not settings.sources
+
+
+def effective_settings(settings: Settings) -> Settings:
+    """Settings with the embedded default filled in where nothing was configured.
+
+    On the embedded default (recorded market, no sources configured) a daemon with no
+    ``[executor]`` kind runs the **local** executor — real processes on loopback behind
+    nginx — and, unless ``daemon.mode`` is set, in **enforce** mode, so a new user sees
+    real migrations. With real sources configured the defaults are the safe ones: the
+    dry-run executor and observe mode.
+    """
+    embedded = is_embedded(settings)
+    updates: dict[str, Any] = {}
+    if "kind" not in settings.executor.model_fields_set:
+        kind = "local" if embedded else "dry-run"
+        updates["executor"] = settings.executor.model_copy(update={"kind": kind})
+    if embedded and "mode" not in settings.daemon.model_fields_set:
+        updates["daemon"] = settings.daemon.model_copy(update={"mode": Mode.ENFORCE})
+    return settings.model_copy(update=updates) if updates else settings
+
+
 def effective_source_configs(configured: Mapping[str, SourceConfig]) -> dict[str, SourceConfig]:
     if configured:
         return dict(configured)

@@ -173,22 +173,23 @@ class Migrator:
             try:
                 self.executor.ensure(w, offer, want)
             except CapacityUnavailable as exc:
-                until = self.clock.now() + self.blocklist_ttl
-                self.store.blocklist.add(
-                    offer.key, until=until, reason=str(exc), now=self.clock.now()
-                )
-                return self._advance(
-                    m,
-                    S.ROLLING_BACK,
-                    f"no capacity for {offer.key} ({exc.code or 'capacity error'}); "
-                    f"blocklisted until {until:%H:%MZ}",
-                )
+                return self._no_capacity(m, offer, exc)
             except ExecutorError as exc:
                 if self._waited(m) > self._warm_limit(w):
                     return self._advance(m, S.ROLLING_BACK, f"provisioning kept failing: {exc}")
                 self.log.warning("provisioning failed; will retry", migration=m.id, error=str(exc))
                 return m
         return self._advance(m, S.WARMING, "capacity requested; waiting for readiness")
+
+    def _no_capacity(self, m: Migration, offer: Offer, exc: CapacityUnavailable) -> Migration:
+        until = self.clock.now() + self.blocklist_ttl
+        self.store.blocklist.add(offer.key, until=until, reason=str(exc), now=self.clock.now())
+        return self._advance(
+            m,
+            S.ROLLING_BACK,
+            f"no capacity for {offer.key} ({exc.code or 'capacity error'}); "
+            f"blocklisted until {until:%H:%MZ}",
+        )
 
     def _warm_limit(self, w: Workload) -> timedelta:
         return timedelta(seconds=w.warmup_seconds) + WARMUP_GRACE
@@ -199,7 +200,11 @@ class Migrator:
         for offer, n in sorted(after.items(), key=_by_key):
             need = max(n, before.get(offer, 0))
             try:
-                group = self.executor.group(w.name, offer)
+                # ensure again (idempotent): replaces replicas that died while warming,
+                # and is where a scheduler reports capacity it could not find
+                group = self.executor.ensure(w, offer, need)
+            except CapacityUnavailable as exc:
+                return self._no_capacity(m, offer, exc)
             except ExecutorError as exc:
                 waiting.append(f"{offer.key}: {exc}")
                 continue

@@ -179,3 +179,20 @@ def test_orphans_are_groups_nothing_accounts_for(store: Store) -> None:
     world.running_on(placed(A, 2))
     world.cloud.ensure(W, B, 1)  # started by a daemon that crashed before recording it
     assert [g.offer for g in world.runner().orphans({"chat": (placed(A, 2),)})] == [B]
+
+
+def test_capacity_found_missing_while_warming_rolls_back_and_blocklists(store: Store) -> None:
+    """A scheduler may accept the request and only later say it cannot place the pods."""
+    world = World(store)
+    world.running_on(placed(A, 2))
+    world.cloud.warmup = timedelta(hours=1)
+    runner = world.runner()
+    m = runner.start(move((placed(A, 2),), (placed(B, 2),)))
+    drive(world, runner, until=S.WARMING)
+    world.cloud.no_capacity.add(B.key)
+    world.cloud.ensure(W, B, 0)  # the pods were never scheduled
+    drive(world, runner, until=S.ROLLED_BACK)
+    events = store.migrations.events(m.id)
+    assert events[-1].to_state is S.ROLLED_BACK
+    assert "no capacity" in events[-2].reason
+    assert B.key in store.blocklist.active(world.clock.now())

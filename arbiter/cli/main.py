@@ -33,7 +33,10 @@ class Context:
 
     @property
     def settings(self) -> Any:
-        return self.config.settings
+        """The configured settings, with the embedded default filled in."""
+        from arbiter.config import effective_settings
+
+        return effective_settings(self.config.settings)
 
     def database_url(self) -> str:
         """--database-url, then ARBITER_DATABASE_URL / config file, then the embedded default."""
