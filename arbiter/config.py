@@ -80,6 +80,8 @@ class DaemonConfig(_Section):
     tick_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
     reconcile_seconds: Annotated[float, Field(ge=1, le=86400)] = 30
     """How often the leader decides, plans and drives migrations."""
+    migration_steps_per_tick: Annotated[int, Field(ge=1, le=100)] = 20
+    """Most steps one migration takes per reconcile pass (1 = one state per pass)."""
     workload_modes: dict[str, Mode] = Field(default_factory=dict)
     """Per-workload mode overrides, e.g. ``{"eu-chat-api" = "observe"}``."""
     kill_switch_file: Path | None = None
@@ -183,6 +185,33 @@ class ExecutorConfig(_Section):
         return value
 
 
+class InterruptionSourceConfig(_Section):
+    """One interruption notice source: ``[interruptions.NAME]``. ``options`` are the
+    source's own (see docs/interruptions.md)."""
+
+    kind: str
+    enabled: bool = True
+    interval: Seconds = 5.0
+    """How often to poll (AWS recommends 5 s for instance metadata)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from arbiter.interruptions import INTERRUPTION_SOURCES, unknown_kind_message
+
+        if value not in INTERRUPTION_SOURCES:
+            raise ValueError(unknown_kind_message(value))
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than zero")
+        return value
+
+
 class PoliciesConfig(_Section):
     """Where the placement policies and the workloads are read from (files or
     directories; relative paths are taken from the working directory)."""
@@ -202,6 +231,8 @@ class Settings(_Section):
     executor: ExecutorConfig = ExecutorConfig()
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Market-data sources by name; empty means the embedded default (recorded data)."""
+    interruptions: dict[str, InterruptionSourceConfig] = Field(default_factory=dict)
+    """Interruption notice sources by name; empty means none."""
 
 
 class LoadedConfig:

@@ -267,7 +267,9 @@ class Reconciler:
             self.migrator.drain_timeout = {
                 w.name: state.book.terms(w).migration.drain_timeout for w in state.workloads
             }
-            self.migrator.run_pending(by_name)
+            self.migrator.run_pending(
+                by_name, max_steps=self.settings.daemon.migration_steps_per_tick
+            )
         return TickResult(outcome, result, started)
 
     def _record(self, outcome: Outcome) -> None:
