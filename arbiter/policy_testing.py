@@ -97,7 +97,9 @@ def run_tests(
     catalog = catalog or load_catalog()
     run = TestRun(files=[], findings=[])
     try:
-        policy_set = load_policies(policy_paths or paths, today=today, catalog=catalog)
+        # a test file given alone is tested against the policies beside it
+        default = [Path(p).parent if Path(p).is_file() else p for p in paths]
+        policy_set = load_policies(policy_paths or default, today=today, catalog=catalog)
     except InvalidPolicyFiles as exc:
         run.findings.extend(exc.findings)
         return run
@@ -170,4 +172,8 @@ def run_tests(
                     catalog=catalog,
                 )
             )
+    if only and not run.cases and not run.findings:
+        run.findings.append(
+            PolicyFinding(f"no test case name contains {only!r} (-k)", source="policy test")
+        )
     return run

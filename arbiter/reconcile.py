@@ -10,8 +10,9 @@ One :meth:`Reconciler.tick`:
 3. decides every workload at once and records each decision that differs from the
    workload's last one (the decision log ``arbiter decisions`` and ``explain`` read);
 4. plans against what runs (the store's placements) and the migrations in flight;
-5. acts by mode — ``observe``: decisions only; ``recommend``: the plan is logged and
-   recorded with the decision, nothing runs; ``enforce``: planned moves start as
+5. acts by mode — ``observe`` and ``recommend``: planned moves are logged ("would
+   migrate", with the reason and target; ``arbiter plan`` shows the same plan) and
+   nothing runs; ``enforce``: planned moves start as
    migrations — globally (``[daemon] mode``) or per workload (``[daemon]
    workload_modes``); the kill switch (a file, ``[daemon] kill_switch_file``) stops
    new migrations and parks the ones in flight where they are;

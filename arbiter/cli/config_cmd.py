@@ -21,7 +21,8 @@ def show(obj: object) -> None:
     from arbiter.store.db import display_url
 
     loaded = obj.config  # type: ignore[attr-defined]
-    data = mask_secrets(loaded.settings.model_dump(mode="json"))
+    # the effective settings: the embedded default's executor and mode filled in
+    data = mask_secrets(obj.settings.model_dump(mode="json"))  # type: ignore[attr-defined]
     data["database"]["url"] = display_url(obj.database_url())  # type: ignore[attr-defined]
     emit_json(
         {

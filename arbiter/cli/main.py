@@ -82,13 +82,28 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 class ArbiterGroup(click.Group):
-    """Turns ArbiterError into a one-line message and exit code 1, never a traceback."""
+    """Turns ArbiterError into a one-line message and exit code 1, never a traceback.
+
+    Usage errors (a missing option, a bad choice) also exit 1, not click's 2: exit codes
+    2 and 3 mean "changes" and "blocking" to ``arbiter policy diff`` in CI.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ArbiterError as exc:
             fail(str(exc))
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(1)
 
 
 @click.group(cls=ArbiterGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,7 +23,14 @@ SEVERITY_LABELS = {"error": "error", "warning": "warn"}
 
 @click.group()
 def policy() -> None:
-    """Placement policy files: validate them, print their JSON Schema."""
+    """Placement policy files: validate, test, diff against a git revision, schema.
+
+    \b
+    validate  check policy (and workload) files: file:line:col, rule id, did-you-mean
+    test      run the *.test.yaml cases against their pinned market snapshot
+    diff      what a change does: base and head decided on one snapshot (exit 0/1/2/3)
+    schema    print the JSON Schema of policy or workload files
+    """
 
 
 @policy.command()

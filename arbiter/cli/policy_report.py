@@ -117,7 +117,11 @@ def render_text(d: PolicyDiff, h: Header) -> str:
     unplaceable = [i for i in d.impacts if i.blocking]
     out.append(
         f"Impact: {len(moved)} of {d.workloads} workloads change"
-        + (f" · {len(unplaceable)} become UNPLACEABLE" if unplaceable else "")
+        + (
+            f" · {len(unplaceable)} {'becomes' if len(unplaceable) == 1 else 'become'} UNPLACEABLE"
+            if unplaceable
+            else ""
+        )
     )
     delta = d.usd_after - d.usd_before
     if not d.common:

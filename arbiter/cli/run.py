@@ -20,13 +20,14 @@ def run(obj: object, mode: str | None) -> None:
     recorded day per minute, and static grid carbon factors.
     """
     from arbiter import logs
+    from arbiter.config import Mode
     from arbiter.daemon import Daemon
     from arbiter.store.db import display_url, make_engine
 
     settings = obj.settings  # type: ignore[attr-defined]
     if mode:
         settings = settings.model_copy(
-            update={"daemon": settings.daemon.model_copy(update={"mode": mode})}
+            update={"daemon": settings.daemon.model_copy(update={"mode": Mode(mode)})}
         )
     logs.configure(settings.logging.level, settings.logging.format)
     url = obj.database_url()  # type: ignore[attr-defined]

@@ -14,13 +14,13 @@ it. Two kinds of gates:
   ``max_disrupted_replicas_pct`` of a workload's replicas moved per migration (larger
   moves go in waves).
 
-A **hard violation** (a current placement is no longer compliant: sovereignty, any
-enforcing rule, or stale data) or an **interruption** (the provider is reclaiming the
-capacity) makes the move *urgent*: it skips the saving gates and, when the policy says
-so, the blackout; it still moves make-before-break, so the ready-replica minimum is
-never broken by the plan. A new workload is placed at once; one that is gone is
-released. A workload with no compliant placement keeps running where it is (and is
-reported), since taking it down would help nobody.
+A **hard violation** (a current placement is no longer compliant: sovereignty or any
+other enforcing rule; a stale price alone is not one) or an **interruption** (the
+provider is reclaiming the capacity) makes the move *urgent*: it skips the saving
+gates and, when the policy says so, the blackout; it still moves make-before-break, so
+the ready-replica minimum is never broken by the plan. A new workload is placed at
+once; one that is gone is released. A workload with no compliant placement keeps
+running where it is (and is reported), since taking it down would help nobody.
 
 Pure: everything, including ``now`` and the pending-since memory, is an argument.
 """
@@ -127,10 +127,11 @@ def _states(evaluator: WorkloadEvaluator) -> dict[str, OfferState]:
 
 
 def cost_per_hour(
-    placements: Sequence[Placement], evaluator: WorkloadEvaluator
+    placements: Sequence[Placement], evaluator: WorkloadEvaluator, *, effective: bool = False
 ) -> tuple[float, list[str]]:
-    """USD/h of these placements at the snapshot's prices, and the offers it could not
-    price (gone from the market)."""
+    """USD/h of these placements at the snapshot's prices (with ``effective``: plus the
+    carbon price and interruption-risk premium the objective adds), and the offers it
+    could not price (gone from the market)."""
     states = _states(evaluator)
     total = 0.0
     missing = []
@@ -140,7 +141,7 @@ def cost_per_hour(
         if cost is None:
             missing.append(p.offer.key)
             continue
-        total += cost.usd_per_hour * p.replicas
+        total += (cost.effective if effective else cost.usd_per_hour) * p.replicas
     return total, missing
 
 
@@ -317,8 +318,10 @@ def plan(
                 )
             )
             continue
-        now_cost, missing = cost_per_hour(cur.placements, item.evaluator)
-        new_cost, _ = cost_per_hour(desired, item.evaluator)
+        # judged on the objective's cost (price + carbon price + risk), so a move to a
+        # cleaner grid can pass when the policy prices carbon
+        now_cost, missing = cost_per_hour(cur.placements, item.evaluator, effective=True)
+        new_cost, _ = cost_per_hour(desired, item.evaluator, effective=True)
         if missing:
             holds.append(Hold(name, Gate.MIN_SAVING, f"no current price for {', '.join(missing)}"))
             continue

@@ -260,3 +260,9 @@ def _rev(repo: Path) -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, check=True
     )
     return done.stdout.decode().strip()
+
+
+def test_a_usage_error_exits_1_so_ci_never_reads_it_as_changes(run: Run) -> None:
+    result = run("policy", "diff")
+    assert result.exit_code == 1
+    assert "Missing option '--base'" in result.stderr
