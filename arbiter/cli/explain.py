@@ -55,7 +55,7 @@ def render_explanation(
             + (" (time limit reached)" if solver["time_limited"] else "")
         )
     head.extend(f"not placed: {r}" for r in d.unplaceable_reasons)
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     for r in ex.rows:
         if r.placed:
             for i, line in enumerate(r.placed):
@@ -65,6 +65,7 @@ def render_explanation(
                         f"PLACED ×{line.replicas} {line.market}",
                         _money(line.usd_per_hour),
                         _money(line.effective_usd_per_hour),
+                        _money(line.usd_per_million_tokens),
                         line.instance_type,
                     )
                 )
@@ -75,6 +76,7 @@ def render_explanation(
                     f"ranked {r.rank} ({r.best.market})",
                     _money(r.best.usd_per_hour),
                     _money(r.best.effective_usd_per_hour),
+                    _money(r.best.usd_per_million_tokens),
                     r.best.instance_type,
                 )
             )
@@ -85,18 +87,25 @@ def render_explanation(
                 + (f"  {Path(e.origin).name}" if e.origin else "")
                 for e in r.exclusions
             ] or ["no offer can host one replica"]
-            rows.append((r.region, "EXCLUDED", "—", "—", reasons[0]))
-            rows.extend(("", "", "", "", reason) for reason in reasons[1:])
+            rows.append((r.region, "EXCLUDED", "—", "—", "—", reasons[0]))
+            rows.extend(("", "", "", "", "", reason) for reason in reasons[1:])
         for e in r.audit:
-            rows.append(("", "", "", "", f"! audit {e.rule_id}: {e.reason} (not enforced)"))
-    header = ("region", "result", "$/h", "$/h eff.", "offer / reasons")
-    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(4)]
+            rows.append(("", "", "", "", "", f"! audit {e.rule_id}: {e.reason} (not enforced)"))
+        for e in r.exempt:
+            rows.append(("", "", "", "", "", f"~ {e.rule_id}: {e.reason}"))
+    header = ("region", "result", "$/h", "$/h eff.", "$/Mtok", "offer / reasons")
+    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(5)]
     out = [*head, ""]
     for row in [header, *rows]:
         out.append(
             f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  "
-            f"{row[3]:>{widths[3]}}  {row[4]}".rstrip()
+            f"{row[3]:>{widths[3]}}  {row[4]:>{widths[4]}}  {row[5]}".rstrip()
         )
+    out.append("")
+    out.append(
+        "$/h is one replica's price; eff. adds the carbon price and spot risk premium; "
+        "$/Mtok is eff. per million tokens, what the solver ranks by."
+    )
     return "\n".join(out)
 
 
@@ -131,11 +140,12 @@ def explain(
     output: str,
 ) -> None:
     """Why WORKLOAD is placed where it is: every region of the market with its result
-    (PLACED, ranked N, EXCLUDED), the effective cost of one replica ($/h with carbon
-    and interruption risk, per unit of throughput), and for each excluded region every
-    rule that excluded it with the file:line that wrote it. Audit-mode rules that fail
-    are listed, marked not enforced. All workloads are decided together, as the daemon
-    does, since they share capacity and budgets."""
+    (PLACED, ranked N, EXCLUDED), one replica's price and effective cost ($/h with the
+    carbon price and interruption risk) and that cost per million tokens (what the
+    solver ranks by), and for each excluded region every rule that excluded it with
+    the file:line that wrote it. Audit-mode rules that fail are listed, marked not
+    enforced; rules an exception exempts are listed with the exception. All workloads
+    are decided together, as the daemon does, since they share capacity and budgets."""
     from arbiter.domain.decide import decide
     from arbiter.domain.explain import explain as explain_workload
     from arbiter.errors import ArbiterError

@@ -52,6 +52,8 @@ POLICY_SPOT = "policy-spot"
 FRESH_PRICE = "fresh-price"
 PLAUSIBLE_PRICE = "plausible-price"
 DATA_CLASS_COVERED = "data-class-covered"
+EXEMPT_PREFIX = "exempt until "
+"""How a verdict an exception turned into a pass begins its reason."""
 
 
 def estimate_rtt_ms(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -156,7 +158,7 @@ class WorkloadEvaluator:
             and exception.expires >= self.now.date()
         ):
             verdict = Verdict.PASS
-            reason = f"exempt until {exception.expires}: {exception.reason} (was: {reason})"
+            reason = f"{EXEMPT_PREFIX}{exception.expires}: {exception.reason} (was: {reason})"
         return _verdict(
             constraint.id,
             verdict,

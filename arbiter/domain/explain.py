@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from arbiter.domain.decisions import Decision, RuleMode, RuleVerdict, Verdict
-from arbiter.domain.evaluation import WorkloadEvaluator
+from arbiter.domain.evaluation import EXEMPT_PREFIX, WorkloadEvaluator
 from arbiter.domain.snapshot import OfferState
 
 
@@ -37,6 +37,15 @@ class OfferLine:
     usd_per_hour: float
     effective_usd_per_hour: float
     replicas: int = 0
+    tokens_per_second: float = 0.0
+    """One replica's throughput on this offer's GPU model."""
+
+    @property
+    def usd_per_million_tokens(self) -> float:
+        """Effective cost per unit of work: what the solver compares."""
+        if self.tokens_per_second <= 0:
+            return float("inf")
+        return self.effective_usd_per_hour / (self.tokens_per_second * 3600) * 1e6
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class RegionRow:
     """Every enforcing rule that excluded offers here; for an excluded region, why."""
     audit: tuple[Exclusion, ...]
     """Audit-mode rules that failed here: reported, not enforced."""
+    exempt: tuple[Exclusion, ...] = ()
+    """Rules that would have failed here but an exception in force exempts."""
 
     @property
     def replicas(self) -> int:
@@ -109,6 +120,7 @@ def _line_dict(line: OfferLine | None) -> dict[str, Any] | None:
         "market": line.market,
         "usd_per_hour": round(line.usd_per_hour, 6),
         "effective_usd_per_hour": round(line.effective_usd_per_hour, 6),
+        "usd_per_million_tokens": round(line.usd_per_million_tokens, 6),
         "replicas": line.replicas,
     }
 
@@ -134,6 +146,7 @@ def _row_dict(row: RegionRow) -> dict[str, Any]:
         "rank": row.rank,
         "excluded_by": [_exclusion_dict(e) for e in row.exclusions],
         "audit": [_exclusion_dict(e) for e in row.audit],
+        "exempt": [_exclusion_dict(e) for e in row.exempt],
     }
 
 
@@ -161,6 +174,7 @@ def explain(evaluator: WorkloadEvaluator, decision: Decision) -> Explanation:
     for region, states in by_region.items():
         excluding: list[RuleVerdict] = []
         audit: list[RuleVerdict] = []
+        exempt: list[RuleVerdict] = []
         eligible: list[OfferLine] = []
         placed: list[OfferLine] = []
         for state in states:
@@ -170,6 +184,7 @@ def explain(evaluator: WorkloadEvaluator, decision: Decision) -> Explanation:
             audit.extend(
                 v for v in verdicts if v.mode is RuleMode.AUDIT and v.verdict is not Verdict.PASS
             )
+            exempt.extend(v for v in verdicts if v.reason.startswith(EXEMPT_PREFIX))
             cost = evaluator.cost(state)
             if bad or cost is None:
                 continue
@@ -179,11 +194,12 @@ def explain(evaluator: WorkloadEvaluator, decision: Decision) -> Explanation:
                 cost.usd_per_hour,
                 cost.effective,
                 placed_on.get(state.offer, 0),
+                cost.tokens_per_second,
             )
             eligible.append(line)
             if line.replicas:
                 placed.append(line)
-        best = min(eligible, key=lambda line: line.effective_usd_per_hour, default=None)
+        best = min(eligible, key=lambda line: line.usd_per_million_tokens, default=None)
         status = (
             RegionStatus.PLACED
             if placed
@@ -196,17 +212,18 @@ def explain(evaluator: WorkloadEvaluator, decision: Decision) -> Explanation:
                 region=region,
                 status=status,
                 offers=len(states),
-                placed=tuple(sorted(placed, key=lambda line: line.effective_usd_per_hour)),
+                placed=tuple(sorted(placed, key=lambda line: line.usd_per_million_tokens)),
                 best=best,
                 rank=None,
                 exclusions=_summarise(excluding),
                 audit=_summarise(audit),
+                exempt=_summarise(exempt),
             )
         )
 
     ranked = sorted(
         (r for r in rows if r.best is not None),
-        key=lambda r: (r.best.effective_usd_per_hour if r.best else 0.0, r.region),
+        key=lambda r: (r.best.usd_per_million_tokens if r.best else 0.0, r.region),
     )
     rank = {r.region: i + 1 for i, r in enumerate(ranked)}
     order = {RegionStatus.PLACED: 0, RegionStatus.ELIGIBLE: 1, RegionStatus.EXCLUDED: 2}
