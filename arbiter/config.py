@@ -17,6 +17,7 @@ never logged or printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -432,8 +433,17 @@ def effective_settings(settings: Settings) -> Settings:
     if "kind" not in settings.executor.model_fields_set:
         kind = "local" if embedded else "dry-run"
         updates["executor"] = settings.executor.model_copy(update={"kind": kind})
+    daemon: dict[str, Any] = {}
     if embedded and "mode" not in settings.daemon.model_fields_set:
-        updates["daemon"] = settings.daemon.model_copy(update={"mode": Mode.ENFORCE})
+        daemon["mode"] = Mode.ENFORCE
+    if settings.daemon.kill_switch_file is None:
+        from arbiter.errors import StoreError
+        from arbiter.store.db import default_sqlite_path
+
+        with contextlib.suppress(StoreError):  # no home directory: no default file
+            daemon["kill_switch_file"] = default_sqlite_path().parent / "kill-switch"
+    if daemon:
+        updates["daemon"] = settings.daemon.model_copy(update=daemon)
     return settings.model_copy(update=updates) if updates else settings
 
 

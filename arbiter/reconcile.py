@@ -32,7 +32,7 @@ from arbiter.domain.decide import Outcome, decide
 from arbiter.domain.evaluation import PolicyBook
 from arbiter.domain.fleet import InterruptionNotice
 from arbiter.domain.market import Offer
-from arbiter.domain.migrations import MigrationState
+from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, plan
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
@@ -56,6 +56,8 @@ class PolicyState:
     fingerprint: tuple[tuple[str, float, int], ...]
     errors: list[str] = field(default_factory=list)
     """The last refused reload's errors (empty when the files in force are current)."""
+    changed: bool = False
+    """New since the store last recorded the workloads."""
 
 
 def _fingerprint(paths: list[str]) -> tuple[tuple[str, float, int], ...]:
@@ -74,6 +76,16 @@ def _fingerprint(paths: list[str]) -> tuple[tuple[str, float, int], ...]:
 
 
 @dataclass
+class Assessment:
+    policy: PolicyState
+    snapshot: MarketSnapshot
+    outcome: Outcome
+    plan: Plan
+    current: dict[str, Current]
+    unfinished: list[Migration]
+
+
+@dataclass
 class TickResult:
     outcome: Outcome | None
     plan: Plan | None
@@ -85,7 +97,7 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
-        migrator: Migrator,
+        migrator: Migrator | None,
         settings: Settings,
         catalog: RegionCatalog,
         clock: Clock,
@@ -109,9 +121,10 @@ class Reconciler:
         conf = self.settings.policies
         return [str(p) for p in conf.paths], [str(p) for p in conf.workloads]
 
-    def reload(self, *, force: bool = False) -> PolicyState | None:
+    def reload(self, *, force: bool = False, strict: bool = False) -> PolicyState | None:
         """Re-read policies and workloads when they changed. An invalid set is refused
-        whole: the set in force stays, and every finding is logged with file:line."""
+        whole: the set in force stays, and every finding is logged with file:line
+        (``strict``: raised instead, for the CLI). Reads files only."""
         from arbiter.placement_inputs import files_revision
         from arbiter.policy_loader import InvalidPolicyFiles, load_policies, load_workloads
 
@@ -128,6 +141,8 @@ class Reconciler:
                 catalog=self.catalog,
             )
         except InvalidPolicyFiles as exc:
+            if strict:
+                raise
             errors = [str(f) + (f" ({f.hint})" if f.hint else "") for f in exc.errors]
             for text in errors:
                 self.log.error("policy reload refused", finding=text)
@@ -148,9 +163,7 @@ class Reconciler:
                 policies=len(policies.policies),
                 workloads=len(workloads.workloads),
             )
-            now = self.clock.now()
-            for w in state.workloads:
-                self.store.workloads.upsert(w, now=now)
+            state.changed = True
         self.policy = state
         return state
 
@@ -182,12 +195,14 @@ class Reconciler:
     def interrupted(self, offer: Offer) -> bool:
         return any(n.matches(offer) for n in self.notices)
 
-    def market(self, now: datetime) -> MarketSnapshot:
+    def market(self, now: datetime, snapshot: MarketSnapshot | None = None) -> MarketSnapshot:
+        """The market to decide on: the store's newest data (or ``snapshot``) without
+        blocklisted offers and offers under an interruption notice."""
         from arbiter.snapshots import build_snapshot
 
         # a notice stays in force for an hour past its deadline: the capacity is gone
         self.notices = [n for n in self.notices if n.deadline + NOTICE_MEMORY > now]
-        snap: MarketSnapshot = build_snapshot(self.store, self.stale_after, now)
+        snap: MarketSnapshot = snapshot or build_snapshot(self.store, self.stale_after, now)
         blocked = set(self.store.blocklist.active(now))
         if not blocked and not self.notices:
             return snap
@@ -201,17 +216,18 @@ class Reconciler:
             carbon=snap.carbon,
         )
 
-    def tick(self) -> TickResult:
-        now = self.clock.now()
-        state = self.reload()
+    def assess(
+        self, now: datetime, *, snapshot: MarketSnapshot | None = None, strict: bool = False
+    ) -> Assessment | None:
+        """Decide and plan without acting or writing: what ``arbiter plan`` shows and
+        what a tick then acts on. None when no valid policies are loaded yet."""
+        state = self.reload(strict=strict)
         if state is None:
-            return TickResult(None, None, [], skipped="no valid policies and workloads yet")
-        snap = self.market(now)
+            return None
+        snap = self.market(now, snapshot)
         outcome = decide(
             state.workloads, state.book, snap, self.catalog, now, policy_revision=state.revision
         )
-        self._record(outcome)
-
         running = placements_from_store(self.store.workloads.all_placements())
         unfinished = self.store.migrations.unfinished()
         busy = {m.workload for m in unfinished}
@@ -240,6 +256,19 @@ class Reconciler:
             pending_since=self.store.pending.all(),
             in_flight_total=len(unfinished),
         )
+        return Assessment(state, snap, outcome, result, current, unfinished)
+
+    def tick(self) -> TickResult:
+        now = self.clock.now()
+        a = self.assess(now)
+        if a is None:
+            return TickResult(None, None, [], skipped="no valid policies and workloads yet")
+        state, outcome, result, unfinished = a.policy, a.outcome, a.plan, a.unfinished
+        if state.changed:
+            for w in state.workloads:
+                self.store.workloads.upsert(w, now=now)
+            state.changed = False
+        self._record(outcome)
         self.store.pending.replace(result.pending_since)
         for hold in result.holds:
             self.log.debug("held", workload=hold.workload, gate=hold.gate.value, detail=hold.detail)
@@ -259,11 +288,13 @@ class Reconciler:
                     target=[f"{p.offer.key}×{p.replicas}" for p in move.target],
                 )
                 continue
+            if self.migrator is None:
+                continue
             started.append(self.migrator.start(move).id)
         if killed:
             if unfinished:
                 self.log.warning("kill switch: migrations parked", migrations=len(unfinished))
-        else:
+        elif self.migrator is not None:
             by_name = {w.name: w for w in state.workloads}
             self.migrator.drain_timeout = {
                 w.name: state.book.terms(w).migration.drain_timeout for w in state.workloads

@@ -129,7 +129,7 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None) -
     Daemon:     arbiter run
     Market:     arbiter poll --once [--source NAME]
     Store:      arbiter db upgrade | downgrade | current
-    Read-only:  arbiter status | workloads | migrations | decisions | explain
+    Read-only:  arbiter status | workloads | migrations | decisions | explain | plan
                 arbiter prices | capacity | carbon | sources | regions
     Policies:   arbiter policy validate | test | diff | schema
                 arbiter snapshot export
@@ -144,6 +144,7 @@ def _register() -> None:
         explain,
         fleet,
         market,
+        plan,
         policy,
         poll,
         regions,
@@ -167,6 +168,7 @@ def _register() -> None:
     cli.add_command(config_cmd.config)
     cli.add_command(policy.policy)
     cli.add_command(explain.explain)
+    cli.add_command(plan.plan_cmd)
 
 
 _register()

@@ -1,0 +1,107 @@
+"""``arbiter plan``: what the daemon would do now, read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from arbiter.cli.main import Context, cli
+from arbiter.domain.market import InstanceType, Offer, PriceQuote
+from arbiter.domain.workloads import Placement
+from arbiter.store.db import make_engine, upgrade
+from arbiter.store.repositories import Store
+from tests.test_reconcile import POLICY, WORKLOAD
+
+NOW = datetime.now(UTC)
+WEST4 = Offer(
+    provider="gcp", region="europe-west4", instance_type="g2-standard-4", market="on-demand"
+)
+WEST1 = Offer(
+    provider="gcp", region="europe-west1", instance_type="g2-standard-4", market="on-demand"
+)
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Store]:
+    for name in list(os.environ):
+        if name.startswith("ARBITER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "workloads").mkdir()
+    (tmp_path / "policies" / "eu.yaml").write_text(POLICY)
+    (tmp_path / "workloads" / "chat.yaml").write_text(WORKLOAD)
+    url = f"sqlite:///{tmp_path / 'arbiter.db'}"
+    (tmp_path / "config.toml").write_text(
+        f'[database]\nurl = "{url}"\n[daemon]\nmode = "recommend"\n'
+        f'[policies]\npaths = ["{tmp_path / "policies"}"]\n'
+        f'workloads = ["{tmp_path / "workloads"}"]\n'
+        '[sources.test]\nkind = "replay"\n'
+    )
+    upgrade(url)
+    store = Store(make_engine(url))
+    store.instance_types.upsert(
+        [
+            InstanceType(
+                provider="gcp",
+                name="g2-standard-4",
+                vcpus=4,
+                memory_gib=16,
+                accelerator="L4",
+                accelerator_count=1,
+                accelerator_memory_gib=24,
+            )
+        ],
+        now=NOW,
+    )
+    store.prices.record(
+        [
+            PriceQuote(offer=WEST4, usd_per_hour=1.0, observed_at=NOW, source="test"),
+            PriceQuote(offer=WEST1, usd_per_hour=0.5, observed_at=NOW, source="test"),
+        ]
+    )
+    return tmp_path, store
+
+
+def plan(root: Path, *args: str) -> dict[str, object]:
+    result = CliRunner().invoke(
+        cli, ["--config", str(root / "config.toml"), "plan", "-o", "json", *args],
+        obj=Context(None, None),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_new_workload_is_planned_to_be_placed(site: tuple[Path, Store]) -> None:
+    root, _ = site
+    body = plan(root)
+    (move,) = body["moves"]  # type: ignore[misc]
+    assert move["kind"] == "place" and move["target"] == [{"offer": WEST1.key, "replicas": 2}]
+    assert body["mode"] == "recommend"
+
+
+def test_a_cheaper_region_is_planned_as_a_move_with_its_reason(site: tuple[Path, Store]) -> None:
+    root, store = site
+    from arbiter.policy_loader import load_workloads
+
+    (chat,) = load_workloads([root / "workloads"]).workloads
+    store.workloads.upsert(chat, now=NOW)
+    store.workloads.set_placements(
+        "chat", [Placement(workload="chat", offer=WEST4, replicas=2)], now=NOW
+    )
+    body = plan(root)
+    (move,) = body["moves"]  # type: ignore[misc]
+    assert move["kind"] == "move" and move["reason"].startswith("saves $1.00/h (50.0%)")
+
+
+def test_plan_writes_nothing(site: tuple[Path, Store]) -> None:
+    root, store = site
+    plan(root)
+    assert store.decisions.recent() == []
+    assert store.migrations.recent() == []
+    assert store.pending.all() == {}
