@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from arbiter.errors import ConfigError
@@ -31,9 +31,16 @@ DEGRADED_AFTER = 3
 class StoreCollector(Collector):
     """Reads the store on every scrape; a failing store gives ``arbiter_store_up 0``."""
 
-    def __init__(self, store: Store, state: Callable[[], dict[str, Any]]):
+    def __init__(
+        self,
+        store: Store,
+        state: Callable[[], dict[str, Any]],
+        fleet: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.store = store
         self.state = state
+        self.fleet = fleet
+        """The fleet summary of ``arbiter status`` (cost, baseline, carbon), if given."""
 
     def collect(self) -> Iterator[Metric]:
         now = datetime.now(UTC)
@@ -84,6 +91,65 @@ class StoreCollector(Collector):
         for state_name, count in sorted(counts.items()):
             in_flight.add_metric([state_name], float(count))
         yield in_flight
+        yield from self._fleet()
+        yield from self._reconcile(state.get("reconcile") or {})
+
+    def _fleet(self) -> Iterator[Metric]:
+        if self.fleet is None:
+            return
+        try:
+            summary = self.fleet()
+        except Exception:  # a scrape never fails on one part: the rest is still served
+            return
+        gauges = (
+            ("arbiter_fleet_usd_per_hour", "Price of every running replica, USD/h", "usd_per_hour"),
+            (
+                "arbiter_fleet_on_demand_baseline_usd_per_hour",
+                "The same replicas at on-demand prices, USD/h",
+                "baseline_on_demand_usd_per_hour",
+            ),
+            (
+                "arbiter_fleet_savings_usd_per_hour",
+                "Baseline minus what the fleet pays, USD/h",
+                "savings_usd_per_hour",
+            ),
+            (
+                "arbiter_fleet_carbon_g_per_hour",
+                "Grid carbon of the running replicas, gCO2e/h",
+                "carbon_g_per_hour",
+            ),
+            ("arbiter_fleet_replicas", "Running replicas", "replicas"),
+        )
+        for name, doc, key in gauges:
+            value = summary.get(key)
+            if value is None:
+                continue
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(value))
+            yield gauge
+
+    def _reconcile(self, r: dict[str, Any]) -> Iterator[Metric]:
+        """Counters and figures of this daemon's reconcile passes (leader only)."""
+        if not r:
+            return
+        for name, doc, key in (
+            ("arbiter_reconcile_passes", "Reconcile passes run by this daemon", "passes"),
+            ("arbiter_decisions_recorded", "Decisions recorded (changed ones)", "decisions"),
+            ("arbiter_migrations_started", "Migrations started by this daemon", "started"),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], float(r.get(key, 0)))
+            yield counter
+        for name, doc, key in (
+            ("arbiter_solver_seconds", "HiGHS time of the last placement solve", "solver_seconds"),
+            ("arbiter_reconcile_seconds", "Wall time of the last reconcile pass", "seconds"),
+            ("arbiter_workloads_unplaceable", "Workloads not fully placed", "unplaceable"),
+            ("arbiter_solver_gap", "Relative MIP gap of the last solve", "gap"),
+        ):
+            if key in r:
+                gauge = GaugeMetricFamily(name, doc)
+                gauge.add_metric([], float(r[key]))
+                yield gauge
 
 
 class Endpoint:
@@ -96,9 +162,10 @@ class Endpoint:
         store: Store,
         state: Callable[[], dict[str, Any]],
         ready: Callable[[], tuple[bool, list[str]]],
+        fleet: Callable[[], dict[str, Any]] | None = None,
     ):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(store, state))
+        self.registry.register(StoreCollector(store, state, fleet))
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):

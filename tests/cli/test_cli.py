@@ -28,6 +28,9 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["HOME"] = str(tmp_path)
     env["ARBITER_HTTP__PORT"] = "0"  # an ephemeral port: tests run daemons side by side
+    # the daemon's lifecycle is tested here; real replicas behind nginx (the embedded
+    # default's local executor) are tested in tests/executors and tests/test_end_to_end
+    env["ARBITER_EXECUTOR__KIND"] = "dry-run"
     return env
 
 
