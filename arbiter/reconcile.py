@@ -37,7 +37,6 @@ from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, plan
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.workloads import Workload
-from arbiter.errors import ArbiterError
 from arbiter.logs import get_logger
 from arbiter.migrator import Migrator, last_migrations, placements_from_store
 from arbiter.ports import Clock
@@ -306,11 +305,10 @@ class Reconciler:
 
     def _record(self, outcome: Outcome) -> None:
         """Record each decision that differs from the workload's last one."""
+        last_by_workload = self.store.decisions.latest_all()
+        changed = []
         for d in outcome.decisions:
-            try:
-                last = self.store.decisions.latest(d.workload)
-            except ArbiterError:
-                last = None
+            last = last_by_workload.get(d.workload)
             same = (
                 last is not None
                 and last.placements == d.placements
@@ -318,4 +316,5 @@ class Reconciler:
                 and last.policy_revision == d.policy_revision
             )
             if not same:
-                self.store.decisions.record(d)
+                changed.append(d)
+        self.store.decisions.record_many(changed)

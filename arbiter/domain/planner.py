@@ -123,7 +123,7 @@ class Inputs:
 
 
 def _states(evaluator: WorkloadEvaluator) -> dict[str, OfferState]:
-    return {s.offer.key: s for s in evaluator.snapshot.offers}
+    return evaluator.snapshot.by_key
 
 
 def cost_per_hour(

@@ -12,7 +12,7 @@ import json
 import statistics
 from collections import defaultdict
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
@@ -70,6 +70,20 @@ class MarketSnapshot(Value):
 
     def carbon_by_zone(self) -> dict[str, ZoneCarbon]:
         return {c.zone: c for c in self.carbon}
+
+    _CACHED: ClassVar[tuple[str, ...]] = ("by_key", "gpu_hour_medians")
+
+    def model_copy(self, *, update: Any = None, deep: bool = False) -> MarketSnapshot:
+        """A copy without the derived caches (they would describe the old offers)."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in self._CACHED:
+            copy.__dict__.pop(name, None)
+        return copy
+
+    @cached_property
+    def by_key(self) -> dict[str, OfferState]:
+        """Each offer's state by :attr:`Offer.key` (built once per snapshot)."""
+        return {o.offer.key: o for o in self.offers}
 
     @cached_property
     def gpu_hour_medians(self) -> dict[tuple[str, str], float]:

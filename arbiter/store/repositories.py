@@ -493,10 +493,12 @@ class MigrationRepository:
             return [self._from_row(row) for row in rows]
 
     def events(self, migration_id: str) -> list[MigrationEvent]:
+        """The migration's steps in the order they were recorded (not by ``at``: a clock
+        that stepped back must not reorder the timeline)."""
         me = t.migration_events
         with translate_errors("reading migration events"), self._engine.connect() as conn:
             rows = conn.execute(
-                select(me).where(me.c.migration_id == migration_id).order_by(me.c.at, me.c.id)
+                select(me).where(me.c.migration_id == migration_id).order_by(me.c.id)
             )
             return [
                 MigrationEvent(
@@ -515,19 +517,29 @@ class DecisionRepository:
         self._engine = engine
 
     def record(self, decision: Decision) -> None:
-        with translate_errors("recording decision"), self._engine.begin() as conn:
+        self.record_many([decision])
+
+    def record_many(self, decisions: Sequence[Decision]) -> None:
+        """Record decisions in one transaction."""
+        if not decisions:
+            return
+        with translate_errors("recording decisions"), self._engine.begin() as conn:
             conn.execute(
-                insert(t.decisions).values(
-                    id=decision.id,
-                    workload=decision.workload,
-                    decided_at=decision.decided_at,
-                    snapshot_id=decision.snapshot_id,
-                    policy_revision=decision.policy_revision,
-                    placed=decision.placed,
-                    usd_per_hour=decision.usd_per_hour,
-                    carbon_g_per_hour=decision.carbon_g_per_hour,
-                    explanation=decision.model_dump(mode="json"),
-                )
+                insert(t.decisions),
+                [
+                    {
+                        "id": d.id,
+                        "workload": d.workload,
+                        "decided_at": d.decided_at,
+                        "snapshot_id": d.snapshot_id,
+                        "policy_revision": d.policy_revision,
+                        "placed": d.placed,
+                        "usd_per_hour": d.usd_per_hour,
+                        "carbon_g_per_hour": d.carbon_g_per_hour,
+                        "explanation": d.model_dump(mode="json"),
+                    }
+                    for d in decisions
+                ],
             )
 
     def recent(self, *, workload: str | None = None, limit: int = 50) -> list[Decision]:
@@ -538,6 +550,25 @@ class DecisionRepository:
             query = query.where(d.c.workload == workload)
         with translate_errors("reading decisions"), self._engine.connect() as conn:
             return [Decision.model_validate(row.explanation) for row in conn.execute(query)]
+
+    def latest_all(self) -> dict[str, Decision]:
+        """Each workload's newest decision, in one query."""
+        d = t.decisions
+        newest = (
+            select(d.c.workload, func.max(d.c.decided_at).label("at"))
+            .group_by(d.c.workload)
+            .subquery()
+        )
+        query = (
+            select(d.c.workload, d.c.explanation)
+            .join(newest, (d.c.workload == newest.c.workload) & (d.c.decided_at == newest.c.at))
+            .order_by(d.c.workload, d.c.id)
+        )
+        with translate_errors("reading decisions"), self._engine.connect() as conn:
+            return {
+                row.workload: Decision.model_validate(row.explanation)
+                for row in conn.execute(query)
+            }
 
     def latest(self, workload: str) -> Decision | None:
         d = t.decisions
