@@ -289,6 +289,60 @@ class Daemon:
             kill_switch_file=str(daemon.kill_switch_file),
         )
 
+    def add_interruption_jobs(self) -> None:
+        """One job per enabled ``[interruptions.NAME]`` source, every ``interval`` (leader
+        only: an SQS message is consumed by whoever receives it). Each new notice goes to
+        the reconciler, and a pass runs at once so the replacement is asked for within
+        seconds. Notice recording and passes are serialised (also with the periodic
+        ``reconcile`` job): a pass never sees half a batch, and one already running is
+        followed by another. A ProviderError is logged and the source polled again on
+        its next run. Notices live in the leader's memory only."""
+        from arbiter.errors import ProviderError
+        from arbiter.interruptions import build_interruption_source
+
+        configs = {n: c for n, c in self.settings.interruptions.items() if c.enabled}
+        if not configs or self.reconciler is None:
+            return
+        lock = threading.Lock()
+
+        def reconcile_serialised() -> None:
+            with lock:
+                self.reconcile()
+
+        if self._scheduler.get_job("reconcile") is not None:
+            self._scheduler.modify_job("reconcile", func=reconcile_serialised)
+
+        def poll(name: str, source: Any) -> None:
+            if not self.is_leader or self.stopping.is_set():
+                return
+            try:
+                notices = source.poll(self.clock.now())
+            except ProviderError as exc:
+                self.log.warning("interruption poll failed", source=name, error=str(exc))
+                return
+            if not notices:
+                return
+            with lock:
+                new = [n for n in notices if self.reconciler.notice(n)]
+                if new:
+                    self.log.info("new interruption notices: reconciling now", notices=len(new))
+                    self.reconcile()
+
+        for name, conf in configs.items():
+            source = build_interruption_source(conf.kind, name, conf.options)
+            self._scheduler.add_job(
+                poll,
+                "interval",
+                args=[name, source],
+                seconds=conf.interval,
+                id=f"interruptions:{name}",
+                next_run_time=self.clock.now(),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        self.log.info("watching for interruptions", sources=sorted(configs))
+
     def add_polling_jobs(self, sources: dict[str, ConfiguredSource]) -> None:
         self.poller = Poller(self.store, sources, self.catalog, self.clock)
         first = self.clock.now()
@@ -340,6 +394,7 @@ class Daemon:
             self.add_polling_jobs(sources)
         if reconcile:
             self.add_reconcile_job()
+            self.add_interruption_jobs()
         self._scheduler.add_job(
             self.tick,
             "interval",

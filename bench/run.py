@@ -20,6 +20,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest",
     "poll_cycle": "bench.poll_cycle",
     "cli_latency": "bench.cli_latency",
+    "interruption": "bench.interruption",
 }
 
 
