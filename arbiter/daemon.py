@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
@@ -92,6 +93,8 @@ class Daemon:
         self.notifier = Notifier()
         self.endpoint: Endpoint | None = None
         self.reconciler: Any = None
+        self.reconcile_stats: dict[str, float] = {}
+        """Figures of this daemon's reconcile passes, exported on /metrics."""
         self.reload_requested = threading.Event()
 
     @property
@@ -177,7 +180,22 @@ class Daemon:
             "leader": self.is_leader,
             "mode": self.settings.daemon.mode.value,
             "name": self.name,
+            "reconcile": dict(self.reconcile_stats),
         }
+
+    def fleet(self) -> dict[str, Any]:
+        """The fleet summary of ``arbiter status``, for /metrics."""
+        from arbiter.config import effective_source_configs
+        from arbiter.status import fleet_status
+
+        summary: dict[str, Any] = fleet_status(
+            self.store,
+            mode=self.settings.daemon.mode.value,
+            sources=effective_source_configs(self.settings.sources),
+            catalog=self.catalog,
+            now=self.clock.now(),
+        )
+        return summary
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready when the store answers and at least one source is healthy."""
@@ -225,11 +243,22 @@ class Daemon:
         """One reconcile pass (leader only; a standby never acts)."""
         if not self.is_leader or self.reconciler is None or self.stopping.is_set():
             return
+        started = time.perf_counter()
         try:
             result = self.reconciler.tick()
         except ArbiterError as exc:
             self.log.error("reconcile failed", error=str(exc))
             return
+        stats = self.reconcile_stats
+        stats["passes"] = stats.get("passes", 0) + 1
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        stats["started"] = stats.get("started", 0) + len(result.started)
+        if result.outcome is not None:
+            solution = result.outcome.solution
+            stats["solver_seconds"] = solution.solve_seconds
+            stats["gap"] = solution.gap
+            stats["unplaceable"] = sum(1 for d in result.outcome.decisions if d.unplaceable_reasons)
+        stats["decisions"] = stats.get("decisions", 0) + result.recorded
         if result.skipped:
             self.log.warning("reconcile skipped", reason=result.skipped)
         elif result.started:
@@ -415,7 +444,9 @@ class Daemon:
         self._scheduler.start()
         http = self.settings.http
         if http.enabled:
-            self.endpoint = Endpoint(http.host, http.port, self.store, self.state, self.readiness)
+            self.endpoint = Endpoint(
+                http.host, http.port, self.store, self.state, self.readiness, fleet=self.fleet
+            )
             self.endpoint.start()
         self.notifier.ready(
             f"{'leader' if self.is_leader else 'standby'}; mode {self.settings.daemon.mode.value}"

@@ -90,6 +90,8 @@ class TickResult:
     plan: Plan | None
     started: list[str]
     skipped: str | None = None
+    recorded: int = 0
+    """Decisions recorded (those that changed)."""
 
 
 class Reconciler:
@@ -267,7 +269,7 @@ class Reconciler:
             for w in state.workloads:
                 self.store.workloads.upsert(w, now=now)
             state.changed = False
-        self._record(outcome)
+        recorded = self._record(outcome)
         self.store.pending.replace(result.pending_since)
         for hold in result.holds:
             self.log.debug("held", workload=hold.workload, gate=hold.gate.value, detail=hold.detail)
@@ -301,9 +303,9 @@ class Reconciler:
             self.migrator.run_pending(
                 by_name, max_steps=self.settings.daemon.migration_steps_per_tick
             )
-        return TickResult(outcome, result, started)
+        return TickResult(outcome, result, started, recorded=recorded)
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome) -> int:
         """Record each decision that differs from the workload's last one."""
         last_by_workload = self.store.decisions.latest_all()
         changed = []
@@ -318,3 +320,4 @@ class Reconciler:
             if not same:
                 changed.append(d)
         self.store.decisions.record_many(changed)
+        return len(changed)

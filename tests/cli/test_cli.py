@@ -401,6 +401,22 @@ def test_the_daemon_serves_health_readiness_and_metrics_on_localhost(
         assert families["arbiter_store_up"].samples[0].value == 1
         healthy = {s.labels["source"]: s.value for s in families["arbiter_source_healthy"].samples}
         assert healthy == {"replay": 1.0, "static-carbon": 1.0}
+
+        def fleet_metrics() -> dict[str, float]:
+            body = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+            got = {f.name: f.samples[0].value for f in text_string_to_metric_families(body)
+                   if f.samples and not f.samples[0].labels}  # fmt: skip
+            return got if got.get("arbiter_reconcile_passes", 0) >= 1 else {}
+
+        _wait_for(lambda: bool(fleet_metrics()), 60)
+        got = fleet_metrics()
+        # the embedded default places its workloads (dry-run here): cost, baseline, carbon
+        assert got["arbiter_fleet_usd_per_hour"] > 0
+        assert (
+            got["arbiter_fleet_on_demand_baseline_usd_per_hour"]
+            >= got["arbiter_fleet_usd_per_hour"]
+        )
+        assert "arbiter_fleet_carbon_g_per_hour" in got and "arbiter_solver_seconds" in got
         seen = set()
         while "WATCHDOG=1" not in seen:
             seen.update(notify.recv(4096).decode().splitlines())
