@@ -96,7 +96,7 @@ def _offers(n: int, rng: random.Random) -> list[tuple[Offer, float]]:
         it = rng.choice([t for t in types if t.provider.value == provider])
         market = rng.choice((Market.SPOT, Market.ON_DEMAND))
         offer = Offer(
-            provider=provider, region=region, zone=f"{region}-{rng.choice('abcd')}",
+            provider=provider, region=region, zone=f"{region}-{rng.choice('abcdefgh')}",
             instance_type=it.name, market=market,
         )  # fmt: skip
         if offer.key in seen:

@@ -12,12 +12,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
 from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW, PUE
 from arbiter.domain.decisions import Decision, RuleVerdict, Verdict
-from arbiter.domain.evaluation import PolicyBook, WorkloadEvaluator
+from arbiter.domain.evaluation import PolicyBook, VerdictCache, WorkloadEvaluator
 from arbiter.domain.market import Market
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
@@ -134,18 +135,28 @@ def decide(
     budget_names: list[str] = []
     budgets: list[float] = []
     evaluators: list[WorkloadEvaluator] = []
+    shared = VerdictCache()
+    region_ok_by: dict[Any, np.ndarray] = {}
+    type_ok_by: dict[Any, np.ndarray] = {}
 
     for index, workload in enumerate(workloads):
         terms = book.terms(workload)
-        ev = WorkloadEvaluator(workload, terms, snapshot, catalog, now)
+        ev = WorkloadEvaluator(workload, terms, snapshot, catalog, now, shared=shared)
         evaluators.append(ev)
-        region_ok = np.array(
-            [not _excludes(ev.region_verdicts(*key.split(":", 1))) for key in offers.region_keys],
-            dtype=bool,
-        )
-        type_ok = np.array(
-            [not _excludes(ev.type_verdicts(*shape)) for shape in offers.shapes], dtype=bool
-        )
+        region_ok = region_ok_by.get(ev.region_signature)
+        if region_ok is None:
+            region_ok = region_ok_by[ev.region_signature] = np.array(
+                [
+                    not _excludes(ev.region_verdicts(*key.split(":", 1)))
+                    for key in offers.region_keys
+                ],
+                dtype=bool,
+            )
+        type_ok = type_ok_by.get(ev.type_signature)
+        if type_ok is None:
+            type_ok = type_ok_by[ev.type_signature] = np.array(
+                [not _excludes(ev.type_verdicts(*shape)) for shape in offers.shapes], dtype=bool
+            )
         spot_ok, _ = ev.spot_allowed()
         mask = (
             region_ok[offers.region] & type_ok[offers.shape] & ~offers.stale & ~offers.implausible

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW, PUE
 from arbiter.domain.decisions import Candidate, RuleMode, RuleVerdict, Verdict
@@ -127,6 +128,16 @@ def _verdict(
     return RuleVerdict(rule_id=rule_id, verdict=verdict, mode=mode, reason=reason, origin=origin)
 
 
+@dataclass
+class VerdictCache:
+    """Region and type verdicts shared by the evaluators of one decide call, keyed by
+    what the rules read of a workload (so two workloads judged alike are judged once).
+    Holds ``id()`` of constraint objects: use it only while the policies are alive."""
+
+    regions: dict[Any, dict[str, tuple[RuleVerdict, ...]]] = field(default_factory=dict)
+    types: dict[Any, dict[Any, tuple[RuleVerdict, ...]]] = field(default_factory=dict)
+
+
 class WorkloadEvaluator:
     """Evaluates every rule for one workload; caches per region and per instance shape."""
 
@@ -137,6 +148,8 @@ class WorkloadEvaluator:
         snapshot: MarketSnapshot,
         catalog: RegionCatalog,
         now: datetime,
+        *,
+        shared: VerdictCache | None = None,
     ):
         self.workload = workload
         self.terms = terms
@@ -144,8 +157,24 @@ class WorkloadEvaluator:
         self.catalog = catalog
         self.now = now
         self._carbon = snapshot.carbon_by_zone()
-        self._region_cache: dict[str, tuple[RuleVerdict, ...]] = {}
-        self._type_cache: dict[tuple[str | None, float, float | None], tuple[RuleVerdict, ...]] = {}
+        shared = shared if shared is not None else VerdictCache()
+        # Workloads that the same rules judge alike share their verdicts: the region
+        # rules depend only on these parts of a workload and its terms, the type rules
+        # only on those (verdicts are immutable values, so sharing is safe).
+        exceptions = tuple(sorted((k, e.expires, e.reason) for k, e in terms.exceptions.items()))
+        constraints = tuple(id(c) for c in terms.constraints)
+        region_sig = (
+            constraints,
+            exceptions,
+            workload.data_class,
+            workload.user_locations,
+            workload.latency_slo_ms,
+        )
+        type_sig = (constraints, exceptions, workload.gpu_options, workload.gpus_per_replica)
+        self.region_signature: Any = region_sig
+        self.type_signature: Any = type_sig
+        self._region_cache = shared.regions.setdefault(region_sig, {})
+        self._type_cache = shared.types.setdefault(type_sig, {})
 
     # -- helpers -------------------------------------------------------------------
 
