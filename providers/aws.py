@@ -82,7 +82,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -114,12 +113,12 @@ from arbiter.domain.market import (
 from arbiter.errors import (
     AuthFailed,
     BadPayload,
-    ConfigError,
     ProviderError,
     Throttled,
     Unavailable,
 )
 from arbiter.logs import get_logger
+from providers import aws_clients
 from providers.http import get_json, make_client, require, retry_after_seconds
 from providers.options import (
     SourceOptions,
@@ -184,13 +183,6 @@ _UNAVAILABLE_CODES = frozenset(
         "RequestTimeout",
         "RequestTimeoutException",
     }
-)
-_CREDENTIAL_ERRORS = (
-    botocore.exceptions.NoCredentialsError,
-    botocore.exceptions.PartialCredentialsError,
-    botocore.exceptions.CredentialRetrievalError,
-    botocore.exceptions.TokenRetrievalError,
-    botocore.exceptions.SSOError,
 )
 _HOW_TO_GIVE_CREDENTIALS = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary "
@@ -288,14 +280,7 @@ def build(name: str, options: Mapping[str, Any], *, timeout: float) -> AwsSource
     """The registry's factory for ``kind = "aws"``; raises ConfigError for bad options."""
     parsed = AwsOptions.parse(name, options)
     check_timeout(name, timeout)
-    try:
-        session = boto3.session.Session(profile_name=parsed.profile)
-    except botocore.exceptions.ProfileNotFound:
-        raise ConfigError(
-            f"no profile {parsed.profile!r} in the shared AWS config or credentials files",
-            source=f"sources.{name}.options",
-            key="profile",
-        ) from None
+    session = aws_clients.session(parsed.profile, source=f"sources.{name}.options", key="profile")
     return AwsSource(name, parsed, timeout=timeout, session=session)
 
 
@@ -315,52 +300,28 @@ class AwsSource:
         self.name = name
         self.options = options
         self.timeout = timeout
-        self._session = session
-        self._lock = threading.Lock()
-        self._ec2: dict[str, Any] = {}
-        self._pricing: Any = None
         self._discovered: tuple[str, ...] | None = None
-        self._client_config = botocore.config.Config(
-            # total_max_attempts counts the first request; max_attempts would count retries.
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            user_agent_extra="arbiter/0.1",
+        self._clients = aws_clients.Clients(
+            session,
+            aws_clients.client_config(connect_timeout=timeout, read_timeout=timeout),
         )
 
-    # -- clients (created lazily; botocore sessions are not thread-safe) -----------
+    # -- clients (created lazily and reused) ---------------------------------------
 
     def ec2_client(self, region: str) -> Any:
         """The EC2 client of ``region`` (one per region, reused)."""
-        with self._lock:
-            if region not in self._ec2:
-                self._ec2[region] = self._session.client(
-                    "ec2",
-                    region_name=region,
-                    endpoint_url=self.options.endpoint_url,
-                    config=self._client_config,
-                )
-            return self._ec2[region]
+        return self._clients.get("ec2", region, endpoint_url=self.options.endpoint_url)
 
     def pricing_client(self) -> Any:
         """The Pricing API client (``pricing_region``, or ``pricing_endpoint_url``)."""
-        with self._lock:
-            if self._pricing is None:
-                self._pricing = self._session.client(
-                    "pricing",
-                    region_name=self.options.pricing_region,
-                    endpoint_url=self.options.pricing_endpoint_url,
-                    config=self._client_config,
-                )
-            return self._pricing
+        return self._clients.get(
+            "pricing",
+            self.options.pricing_region,
+            endpoint_url=self.options.pricing_endpoint_url,
+        )
 
     def close(self) -> None:
-        with self._lock:
-            clients = [*self._ec2.values(), *([self._pricing] if self._pricing else [])]
-            self._ec2.clear()
-            self._pricing = None
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     def __enter__(self) -> AwsSource:
         return self
@@ -784,7 +745,7 @@ class AwsSource:
             yield
         except botocore.exceptions.ClientError as exc:
             raise self._client_error(exc, call, action, now) from exc
-        except _CREDENTIAL_ERRORS as exc:
+        except aws_clients.CREDENTIAL_ERRORS as exc:
             raise AuthFailed(
                 f"{call}: no usable AWS credentials ({exc}); {_HOW_TO_GIVE_CREDENTIALS}",
                 source=self.name,

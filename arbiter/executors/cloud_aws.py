@@ -34,7 +34,6 @@ connection error and missing credentials → ExecutorError. botocore does not re
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -45,7 +44,7 @@ import botocore.config
 import botocore.exceptions
 
 from arbiter.domain.market import Market, Offer, Provider
-from arbiter.errors import CapacityUnavailable, ConfigError, ExecutorError
+from arbiter.errors import CapacityUnavailable, ExecutorError
 from arbiter.executors.cloud import (
     EXECUTOR,
     TAG_GROUP,
@@ -57,6 +56,7 @@ from arbiter.executors.cloud import (
     Vm,
     VmState,
 )
+from providers import aws_clients
 
 CAPACITY_CODES = frozenset(
     {
@@ -87,13 +87,6 @@ _STATES = {
     "shutting-down": VmState.GONE,
     "terminated": VmState.GONE,
 }
-_CREDENTIAL_ERRORS = (
-    botocore.exceptions.NoCredentialsError,
-    botocore.exceptions.PartialCredentialsError,
-    botocore.exceptions.CredentialRetrievalError,
-    botocore.exceptions.TokenRetrievalError,
-    botocore.exceptions.SSOError,
-)
 _HOW_TO_GIVE_CREDENTIALS = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN), name a "
     "profile with executor.options.aws.profile (or AWS_PROFILE), or run with an IAM role"
@@ -116,42 +109,24 @@ class AwsVms:
     ) -> None:
         self.options = options
         if session is None:
-            try:
-                session = boto3.session.Session(profile_name=options.profile)
-            except botocore.exceptions.ProfileNotFound:
-                raise ConfigError(
-                    f"no profile {options.profile!r} in the shared AWS config",
-                    source="config",
-                    key="executor.options.aws.profile",
-                ) from None
-        self._session = session
-        self._lock = threading.Lock()
-        self._clients: dict[str, Any] = {}
-        self._config = botocore.config.Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            user_agent_extra="arbiter/0.1 executor/cloud",
+            session = aws_clients.session(
+                options.profile, source="config", key="executor.options.aws.profile"
+            )
+        self._clients = aws_clients.Clients(
+            session,
+            aws_clients.client_config(
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                user_agent_extra="arbiter/0.1 executor/cloud",
+            ),
         )
 
     def client(self, region: str) -> Any:
         """The EC2 client of ``region`` (one per region, reused)."""
-        with self._lock:
-            if region not in self._clients:
-                self._clients[region] = self._session.client(
-                    "ec2",
-                    region_name=region,
-                    endpoint_url=self.options.endpoint_url,
-                    config=self._config,
-                )
-            return self._clients[region]
+        return self._clients.get("ec2", region, endpoint_url=self.options.endpoint_url)
 
     def close(self) -> None:
-        with self._lock:
-            clients = list(self._clients.values())
-            self._clients.clear()
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     # -- VmBackend -------------------------------------------------------------------
 
@@ -346,7 +321,7 @@ def _calling(action: str, region: str, *, offer_key: str | None = None) -> Itera
                 executor=EXECUTOR,
             ) from exc
         raise ExecutorError(f"{call}: {code or 'error'}: {message}", executor=EXECUTOR) from exc
-    except _CREDENTIAL_ERRORS as exc:
+    except aws_clients.CREDENTIAL_ERRORS as exc:
         raise ExecutorError(
             f"{call}: no usable AWS credentials ({exc}); {_HOW_TO_GIVE_CREDENTIALS}",
             executor=EXECUTOR,

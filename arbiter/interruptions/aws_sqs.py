@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,7 +72,6 @@ from arbiter.domain.market import Market, Provider
 from arbiter.errors import (
     AuthFailed,
     BadPayload,
-    ConfigError,
     ProviderError,
     Throttled,
     Unavailable,
@@ -81,6 +79,7 @@ from arbiter.errors import (
 from arbiter.interruptions import InterruptionOptions, iso_time, make_notice
 from arbiter.interruptions.metadata import PositiveSeconds
 from arbiter.logs import get_logger
+from providers import aws_clients
 from providers.options import https_url
 
 KIND = "aws-sqs"
@@ -126,13 +125,6 @@ _UNAVAILABLE = frozenset(
         "AWS.SimpleQueueService.InternalError",
         "RequestTimeout",
     }
-)
-_CREDENTIAL_ERRORS = (
-    botocore.exceptions.NoCredentialsError,
-    botocore.exceptions.PartialCredentialsError,
-    botocore.exceptions.CredentialRetrievalError,
-    botocore.exceptions.TokenRetrievalError,
-    botocore.exceptions.SSOError,
 )
 
 
@@ -199,14 +191,9 @@ class AwsSqsOptions(InterruptionOptions):
 
 def build(name: str, options: Mapping[str, Any]) -> AwsSqsSource:
     parsed = AwsSqsOptions.parse(name, options)
-    try:
-        session = boto3.session.Session(profile_name=parsed.profile)
-    except botocore.exceptions.ProfileNotFound:
-        raise ConfigError(
-            f"no profile {parsed.profile!r} in the shared AWS config or credentials files",
-            source=f"interruptions.{name}.options",
-            key="profile",
-        ) from None
+    session = aws_clients.session(
+        parsed.profile, source=f"interruptions.{name}.options", key="profile"
+    )
     return AwsSqsSource(name, parsed, session=session)
 
 
@@ -274,50 +261,28 @@ class AwsSqsSource:
     def __init__(self, name: str, options: AwsSqsOptions, *, session: boto3.session.Session):
         self.name = name
         self.options = options
-        self._session = session
-        self._lock = threading.Lock()
-        self._sqs: Any = None
-        self._ec2: dict[str, Any] = {}
         self._zone_ids: dict[str, dict[str, str]] = {}
-        self._config = botocore.config.Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=options.timeout,
-            read_timeout=options.timeout + options.wait_seconds,
-            user_agent_extra="arbiter/0.1",
+        self._clients = aws_clients.Clients(
+            session,
+            aws_clients.client_config(
+                connect_timeout=options.timeout,
+                read_timeout=options.timeout + options.wait_seconds,
+            ),
         )
         self._log = get_logger("interruptions", source=name, kind=KIND)
 
     # -- clients -------------------------------------------------------------------------
 
     def sqs_client(self) -> Any:
-        with self._lock:
-            if self._sqs is None:
-                self._sqs = self._session.client(
-                    "sqs",
-                    region_name=self.options.queue_region,
-                    endpoint_url=self.options.sqs_endpoint_url,
-                    config=self._config,
-                )
-            return self._sqs
+        return self._clients.get(
+            "sqs", self.options.queue_region, endpoint_url=self.options.sqs_endpoint_url
+        )
 
     def ec2_client(self, region: str) -> Any:
-        with self._lock:
-            if region not in self._ec2:
-                self._ec2[region] = self._session.client(
-                    "ec2",
-                    region_name=region,
-                    endpoint_url=self.options.ec2_endpoint_url,
-                    config=self._config,
-                )
-            return self._ec2[region]
+        return self._clients.get("ec2", region, endpoint_url=self.options.ec2_endpoint_url)
 
     def close(self) -> None:
-        with self._lock:
-            clients = [*self._ec2.values(), *([self._sqs] if self._sqs else [])]
-            self._ec2.clear()
-            self._sqs = None
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     # -- InterruptionSource -----------------------------------------------------------------
 
@@ -561,7 +526,7 @@ class AwsSqsSource:
             yield
         except botocore.exceptions.ClientError as exc:
             raise self._client_error(exc, call, action) from exc
-        except _CREDENTIAL_ERRORS as exc:
+        except aws_clients.CREDENTIAL_ERRORS as exc:
             raise AuthFailed(
                 f"{call}: no usable AWS credentials ({exc}); give them through the standard "
                 "chain (variables, a profile, an IAM role)",

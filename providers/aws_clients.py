@@ -1,0 +1,88 @@
+"""What every boto3 user in arbiter shares: the session, the client settings, the clients.
+
+Used by the market-data source (``providers/aws.py``), the interruption source
+(``arbiter/interruptions/aws_sqs.py``) and the cloud executor
+(``arbiter/executors/cloud_aws.py``). Each of them still translates botocore's errors
+into its own part of the exception tree: what a failure means depends on the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from arbiter.errors import ConfigError
+
+CREDENTIAL_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.TokenRetrievalError,
+    botocore.exceptions.SSOError,
+)
+"""botocore's ways of saying there are no usable credentials."""
+
+
+def session(profile: str | None, *, source: str, key: str) -> boto3.session.Session:
+    """A session of the named ``profile`` (None: the standard credential chain).
+
+    An unknown profile is a ConfigError naming ``source`` and ``key``.
+    """
+    try:
+        return boto3.session.Session(profile_name=profile)
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(
+            f"no profile {profile!r} in the shared AWS config or credentials files",
+            source=source,
+            key=key,
+        ) from None
+
+
+def client_config(
+    *, connect_timeout: float, read_timeout: float, user_agent_extra: str = "arbiter/0.1"
+) -> botocore.config.Config:
+    """Client settings without botocore's own retries: the caller decides when to retry."""
+    return botocore.config.Config(
+        # total_max_attempts counts the first request; max_attempts would count retries.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        user_agent_extra=user_agent_extra,
+    )
+
+
+class Clients:
+    """The clients of one session, made when first asked for and then reused.
+
+    One client per (service, region); thread-safe, as botocore sessions are not.
+    ``close()`` releases every client's connections.
+    """
+
+    def __init__(self, session: boto3.session.Session, config: botocore.config.Config) -> None:
+        self._session = session
+        self._config = config
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    def get(self, service: str, region: str, *, endpoint_url: str | None = None) -> Any:
+        """The ``service`` client of ``region`` (at ``endpoint_url``, default AWS's own)."""
+        with self._lock:
+            if (service, region) not in self._clients:
+                self._clients[service, region] = self._session.client(
+                    service,
+                    region_name=region,
+                    endpoint_url=endpoint_url,
+                    config=self._config,
+                )
+            return self._clients[service, region]
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
