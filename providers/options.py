@@ -1,11 +1,12 @@
 """What every source's options share: a closed pydantic model whose errors name
-``sources.NAME.options`` and the key, URL and secret validators, the timeout check."""
+``sources.NAME.options`` and the key (the base, :class:`ClosedOptions`, serves the
+interruption sources too), URL and secret validators, the timeout check."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, ValidationError
@@ -34,15 +35,20 @@ def not_blank(value: SecretStr) -> SecretStr:
     return value
 
 
-class SourceOptions(BaseModel):
-    """Base of every ``[sources.NAME.options]`` model: closed and immutable."""
+class ClosedOptions(BaseModel):
+    """Base of an options table of a named, configured thing: closed and immutable.
+
+    ``section`` is the config table the things are named in: errors name
+    ``SECTION.NAME.options`` and the key.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    section: ClassVar[str]
 
     @classmethod
     def parse(cls, name: str, options: Mapping[str, Any]) -> Self:
-        """Validate ``options``; raise ConfigError naming ``sources.NAME.options`` and the key."""
-        where = f"sources.{name}.options"
+        """Validate ``options``; raise ConfigError naming ``SECTION.NAME.options`` and the key."""
+        where = f"{cls.section}.{name}.options"
         if not isinstance(options, Mapping):
             raise ConfigError("expected a table of options", source=where)
         try:
@@ -55,6 +61,12 @@ class SourceOptions(BaseModel):
                 message = f"unknown option; known: {', '.join(cls.model_fields)}"
             # ``from None``: the pydantic error would repeat the input, maybe a secret.
             raise ConfigError(message, source=where, key=key) from None
+
+
+class SourceOptions(ClosedOptions):
+    """Base of every ``[sources.NAME.options]`` model."""
+
+    section = "sources"
 
 
 def check_timeout(name: str, timeout: float) -> float:

@@ -27,12 +27,13 @@ import difflib
 import importlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from arbiter.domain.fleet import InterruptionNotice
 from arbiter.errors import BadPayload, ConfigError
+from providers.options import ClosedOptions
 
 if TYPE_CHECKING:
     from arbiter.ports import InterruptionSource
@@ -69,26 +70,11 @@ def build_interruption_source(
     return source
 
 
-class InterruptionOptions(BaseModel):
-    """Base of every ``[interruptions.NAME.options]`` model: closed and immutable."""
+class InterruptionOptions(ClosedOptions):
+    """Base of every ``[interruptions.NAME.options]`` model: closed and immutable; errors
+    name ``interruptions.NAME.options`` and the key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-    @classmethod
-    def parse(cls, name: str, options: Mapping[str, Any]) -> Self:
-        """Validate ``options``; ConfigError naming ``interruptions.NAME.options`` and the key."""
-        where = f"interruptions.{name}.options"
-        if not isinstance(options, Mapping):
-            raise ConfigError("expected a table of options", source=where)
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(part) for part in error["loc"]) or None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown option; known: {', '.join(cls.model_fields)}"
-            raise ConfigError(message, source=where, key=key) from None
+    section = "interruptions"
 
 
 class Sightings:
