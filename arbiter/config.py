@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from arbiter.domain.values import parse_duration
-from arbiter.errors import ConfigError
+from arbiter.errors import ConfigError, unknown_name_message
 from providers.registry import SOURCES
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -147,13 +147,7 @@ class SourceConfig(_Section):
     @classmethod
     def _known_kind(cls, value: str) -> str:
         if value not in SOURCE_KINDS:
-            import difflib
-
-            close = difflib.get_close_matches(value, SOURCE_KINDS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"unknown source kind {value!r}{hint} known: {', '.join(SOURCE_KINDS)}"
-            )
+            raise ValueError(unknown_name_message("source kind", value, SOURCE_KINDS))
         return value
 
     @field_validator("interval", "timeout")
@@ -176,13 +170,7 @@ class ExecutorConfig(_Section):
         from arbiter.executors import EXECUTORS
 
         if value not in EXECUTORS:
-            import difflib
-
-            close = difflib.get_close_matches(value, EXECUTORS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"unknown executor {value!r}{hint} known: {', '.join(sorted(EXECUTORS))}"
-            )
+            raise ValueError(unknown_name_message("executor", value, EXECUTORS))
         return value
 
 
@@ -199,10 +187,12 @@ class InterruptionSourceConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        from arbiter.interruptions import INTERRUPTION_SOURCES, unknown_kind_message
+        from arbiter.interruptions import INTERRUPTION_SOURCES
 
         if value not in INTERRUPTION_SOURCES:
-            raise ValueError(unknown_kind_message(value))
+            raise ValueError(
+                unknown_name_message("interruption source kind", value, INTERRUPTION_SOURCES)
+            )
         return value
 
     @field_validator("interval")

@@ -27,6 +27,9 @@ Each error carries its data as attributes, not only in its message, so callers
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ArbiterError(Exception):
     """Base of every error arbiter raises on purpose."""
@@ -40,6 +43,15 @@ class ConfigError(ArbiterError):
         self.key = key
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
+
+
+def unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
+    """The message for a name no registry knows: ``unknown WHAT 'NAME'; did you mean
+    'CLOSE'? known: A, B`` (or ``unknown WHAT 'NAME'; known: A, B`` when none is close)."""
+    choices = sorted(known)
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"unknown {what} {name!r}{hint} known: {', '.join(choices)}"
 
 
 class CatalogError(ArbiterError):

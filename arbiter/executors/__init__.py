@@ -20,16 +20,12 @@ EXECUTORS: dict[str, str] = {
 
 def make_executor(name: str, clock: Any, options: dict[str, Any] | None = None) -> Any:
     """The executor registered under ``name`` (it is also its traffic router)."""
-    from arbiter.errors import ConfigError
+    from arbiter.errors import ConfigError, unknown_name_message
 
     target = EXECUTORS.get(name)
     if target is None:
-        import difflib
-
-        close = difflib.get_close_matches(name, EXECUTORS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown executor {name!r}{hint} known: {', '.join(sorted(EXECUTORS))}",
+            unknown_name_message("executor", name, EXECUTORS),
             source="config",
             key="executor.kind",
         )

@@ -23,7 +23,6 @@ the state lasts, with the deadline fixed when it was first seen (see
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from arbiter.domain.fleet import InterruptionNotice
-from arbiter.errors import BadPayload, ConfigError
+from arbiter.errors import BadPayload, ConfigError, unknown_name_message
 from providers.options import ClosedOptions
 
 if TYPE_CHECKING:
@@ -49,22 +48,17 @@ INTERRUPTION_SOURCES: dict[str, str] = {
 raises ConfigError naming ``interruptions.NAME.options.KEY`` for a bad option."""
 
 
-def unknown_kind_message(kind: str) -> str:
-    close = difflib.get_close_matches(kind, INTERRUPTION_SOURCES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ";"
-    return (
-        f"unknown interruption source kind {kind!r}{hint} "
-        f"known: {', '.join(sorted(INTERRUPTION_SOURCES))}"
-    )
-
-
 def build_interruption_source(
     kind: str, name: str, options: Mapping[str, Any]
 ) -> InterruptionSource:
     """The source of ``kind`` named ``name``; ConfigError for an unknown kind or bad options."""
     target = INTERRUPTION_SOURCES.get(kind)
     if target is None:
-        raise ConfigError(unknown_kind_message(kind), source=f"interruptions.{name}", key="kind")
+        raise ConfigError(
+            unknown_name_message("interruption source kind", kind, INTERRUPTION_SOURCES),
+            source=f"interruptions.{name}",
+            key="kind",
+        )
     module, _, factory = target.partition(":")
     source: InterruptionSource = getattr(importlib.import_module(module), factory)(name, options)
     return source
