@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from arbiter.cli.options import placement_options
 from arbiter.cli.output import OUTPUT_OPTION, emit_json
 
 
@@ -111,23 +112,8 @@ def render_explanation(
 
 @click.command()
 @click.argument("workload")
-@click.option(
-    "--snapshot",
-    "snapshot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Decide on this snapshot file (`arbiter snapshot export`) instead of the store.",
-)
-@click.option(
-    "--policies",
-    "policy_paths",
-    multiple=True,
-    help="Policy files or directories (default: the config's [policies] paths).",
-)
-@click.option(
-    "--workloads",
-    "workload_paths",
-    multiple=True,
-    help="Workload files or directories (default: the config's [policies] workloads).",
+@placement_options(
+    snapshot_help="Decide on this snapshot file (`arbiter snapshot export`) instead of the store."
 )
 @OUTPUT_OPTION
 @click.pass_obj

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from arbiter.cli.options import snapshot_option
 from arbiter.cli.output import OUTPUT_OPTION, emit_json
 
 SYMBOL = {"place": "+", "move": "~", "release": "-", "evacuate": "!"}
@@ -86,12 +87,7 @@ def render_plan(a: Any, *, mode: str, killed: bool) -> str:
 
 
 @click.command("plan")
-@click.option(
-    "--snapshot",
-    "snapshot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Decide on this snapshot file instead of the store's newest market.",
-)
+@snapshot_option("Decide on this snapshot file instead of the store's newest market.")
 @OUTPUT_OPTION
 @click.pass_obj
 def plan_cmd(obj: Any, snapshot_path: Path | None, output: str) -> None:

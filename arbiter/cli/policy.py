@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from arbiter.cli.options import placement_options
+
 if TYPE_CHECKING:
     from arbiter.domain.policy_files import PolicyFinding
 
@@ -216,23 +218,8 @@ def render_test_run(run: Any) -> str:
     "head_rev",
     help="Git revision of the head (default: the files in the working tree).",
 )
-@click.option(
-    "--snapshot",
-    "snapshot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Decide both sides on this snapshot file (default: the store's newest data).",
-)
-@click.option(
-    "--policies",
-    "policy_paths",
-    multiple=True,
-    help="Policy files or directories (default: the config's [policies] paths).",
-)
-@click.option(
-    "--workloads",
-    "workload_paths",
-    multiple=True,
-    help="Workload files or directories (default: the config's [policies] workloads).",
+@placement_options(
+    snapshot_help="Decide both sides on this snapshot file (default: the store's newest data)."
 )
 @click.option(
     "--format",
