@@ -91,13 +91,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-import google.auth
 import httpx
 import requests
 from google.api_core import exceptions as google_exceptions
 from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.credentials import Credentials
 from google.cloud import compute_v1
 from google.protobuf import json_format
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -120,6 +119,7 @@ from arbiter.errors import (
     Unavailable,
 )
 from arbiter.logs import get_logger
+from providers.gcp_clients import compute_client_options, compute_credentials
 from providers.http import (
     check_response,
     make_client,
@@ -471,18 +471,14 @@ class GcpSource:
 
     def _credentials_for_compute(self) -> Credentials:
         if self._credentials is None:
-            if self.options.anonymous:
-                self._credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
-            else:
-                with self._translated("finding credentials"):
-                    credentials, _project = google.auth.default(scopes=[COMPUTE_READONLY_SCOPE])
-                self._credentials = credentials
+            with self._translated("finding credentials"):
+                self._credentials = compute_credentials(
+                    anonymous=self.options.anonymous, scope=COMPUTE_READONLY_SCOPE
+                )
         return self._credentials
 
     def _client_options(self) -> ClientOptions | None:
-        if self.options.compute_endpoint is None:
-            return None
-        return ClientOptions(api_endpoint=self.options.compute_endpoint)
+        return compute_client_options(self.options.compute_endpoint)
 
     def _machines(self) -> list[_Machine]:
         """Accelerator-optimized machine types of the configured families, regions."""

@@ -46,12 +46,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import google.auth
 import requests
 from google.api_core import exceptions as google_exceptions
-from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from arbiter.domain.market import Market, Offer, Provider
@@ -68,6 +65,7 @@ from arbiter.executors.cloud import (
     VmState,
     free_slots,
 )
+from providers.gcp_clients import compute_client_options, compute_credentials
 
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -132,23 +130,18 @@ class GcpVms:
                     "machine_types": compute_v1.MachineTypesClient,
                     "regions": compute_v1.RegionsClient,
                 }[kind]
-                options = (
-                    ClientOptions(api_endpoint=self.options.compute_endpoint)
-                    if self.options.compute_endpoint
-                    else None
-                )
                 self._clients[kind] = factory(
-                    credentials=self._google_credentials(), client_options=options
+                    credentials=self._google_credentials(),
+                    client_options=compute_client_options(self.options.compute_endpoint),
                 )
             return self._clients[kind]
 
     def _google_credentials(self) -> Any:
         if self._credentials is None:
-            if self.options.anonymous:
-                self._credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
-            else:
-                with _translated("finding credentials"):
-                    self._credentials, _ = google.auth.default(scopes=[COMPUTE_SCOPE])
+            with _translated("finding credentials"):
+                self._credentials = compute_credentials(
+                    anonymous=self.options.anonymous, scope=COMPUTE_SCOPE
+                )
         return self._credentials
 
     def close(self) -> None:
