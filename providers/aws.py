@@ -769,17 +769,14 @@ class AwsSource:
         action: str,
         now: datetime | None,
     ) -> ProviderError:
-        error = exc.response.get("Error") or {}
-        metadata = exc.response.get("ResponseMetadata") or {}
-        code = str(error.get("Code") or "")
-        status = int(metadata.get("HTTPStatusCode") or 0)
-        headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
-        text = f"{call}: {code or f'HTTP {status}'}: {_short(str(error.get('Message') or ''))}"
+        response = aws_clients.ErrorResponse.of(exc)
+        code, status = response.code, response.status
+        text = f"{call}: {code or f'HTTP {status}'}: {_short(response.message)}"
         if code in _THROTTLING_CODES or status == 429:
             return Throttled(
                 text,
                 source=self.name,
-                retry_after=_retry_after(headers.get("retry-after"), now),
+                retry_after=_retry_after(response.headers.get("retry-after"), now),
             )
         if code in _AUTH_CODES or code.startswith("AccessDenied") or status in (401, 403):
             return AuthFailed(

@@ -9,6 +9,7 @@ into its own part of the exception tree: what a failure means depends on the cal
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -25,6 +26,32 @@ CREDENTIAL_ERRORS = (
     botocore.exceptions.SSOError,
 )
 """botocore's ways of saying there are no usable credentials."""
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """What AWS said in a refused request (a botocore ``ClientError``)."""
+
+    code: str
+    """The error code (``RequestLimitExceeded``…), or "" when AWS sent none."""
+    message: str
+    status: int
+    """The HTTP status, or 0 when unknown."""
+    headers: dict[str, str]
+    """The response headers, names in lower case."""
+
+    @classmethod
+    def of(cls, exc: botocore.exceptions.ClientError) -> ErrorResponse:
+        error = exc.response.get("Error") or {}
+        metadata = exc.response.get("ResponseMetadata") or {}
+        return cls(
+            code=str(error.get("Code") or ""),
+            message=str(error.get("Message") or ""),
+            status=int(metadata.get("HTTPStatusCode") or 0),
+            headers={
+                str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()
+            },
+        )
 
 
 def session(profile: str | None, *, source: str, key: str) -> boto3.session.Session:

@@ -253,7 +253,7 @@ class AwsVms:
                     try:
                         self.client(region).terminate_instances(InstanceIds=batch)
                     except botocore.exceptions.ClientError as exc:
-                        if _code(exc) != "InvalidInstanceID.NotFound":
+                        if aws_clients.ErrorResponse.of(exc).code != "InvalidInstanceID.NotFound":
                             raise
 
 
@@ -297,10 +297,6 @@ def _client_token(group: str, present: Sequence[Vm], count: int, now: datetime) 
     return "arbiter-" + hashlib.sha256(text.encode()).hexdigest()[:48]
 
 
-def _code(exc: botocore.exceptions.ClientError) -> str:
-    return str((exc.response.get("Error") or {}).get("Code") or "")
-
-
 @contextmanager
 def _calling(action: str, region: str, *, offer_key: str | None = None) -> Iterator[None]:
     """botocore failures of ``action`` → CapacityUnavailable / ExecutorError."""
@@ -308,8 +304,8 @@ def _calling(action: str, region: str, *, offer_key: str | None = None) -> Itera
     try:
         yield
     except botocore.exceptions.ClientError as exc:
-        code = _code(exc)
-        message = " ".join(str((exc.response.get("Error") or {}).get("Message") or "").split())
+        response = aws_clients.ErrorResponse.of(exc)
+        code, message = response.code, " ".join(response.message.split())
         if offer_key is not None and code in CAPACITY_CODES:
             raise CapacityUnavailable(
                 f"{call}: {code}: {message}", executor=EXECUTOR, offer_key=offer_key, code=code

@@ -542,14 +542,11 @@ class AwsSqsSource:
     def _client_error(
         self, exc: botocore.exceptions.ClientError, call: str, action: str
     ) -> ProviderError:
-        error = exc.response.get("Error") or {}
-        metadata = exc.response.get("ResponseMetadata") or {}
-        code = str(error.get("Code") or "")
-        status = int(metadata.get("HTTPStatusCode") or 0)
-        headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
-        text = f"{call}: {code or f'HTTP {status}'}: {str(error.get('Message') or '')[:200]}"
+        response = aws_clients.ErrorResponse.of(exc)
+        code, status = response.code, response.status
+        text = f"{call}: {code or f'HTTP {status}'}: {response.message[:200]}"
         if code in _THROTTLING or status == 429:
-            retry_after = headers.get("retry-after")
+            retry_after = response.headers.get("retry-after")
             return Throttled(
                 text,
                 source=self.name,
