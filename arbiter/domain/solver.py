@@ -35,6 +35,14 @@ real cost with the number of unplaced replicas fixed, and those workloads are re
 with the rule that stopped them. A throughput-sized workload is placed whole or not at
 all; a replica-sized one may be placed in part (status ``partial``).
 
+**Start.** HiGHS starts from a greedy placement (each workload in turn on the cheapest
+columns with room and budget left, within its rules) rather than from nothing placed:
+only a start, so the solve is as exact as without it, but it begins near the optimum.
+Proving how few replicas must stay unplaced can still take long when budgets or
+capacity bind for many workloads at once (each binding budget is a knapsack whose LP
+bound is a fraction of a replica off); the time limit then ends phase one and ``gap``
+says so.
+
 **Candidate reduction** (before building the MILP; numpy, no loop per column). Two
 columns of a workload are *interchangeable* when no rule of that workload tells them
 apart: same region if it needs distinct regions, same provider if it has a provider
@@ -56,16 +64,17 @@ cost, throughput and capacity. Three reductions follow:
    region's replicas there: the distinct count does not fall) or all ``d`` are used
    together with this one (merge it into one of them: at least ``d`` remain), at no
    extra cost.
-3. *Coverage (checked).* Bounded columns cheaper than the kept unbounded one are kept
-   cheapest first until their summed capacity covers the workload's need in that cell
-   (its replica count, or the replicas of that throughput level that reach its
-   target); the rest are dropped. If the reduced optimum leaves room on some kept
-   column of such a group, the dropped ones were not needed by this workload. If the
-   capacity row binds on *every* kept column of a group, the group is widened (its
-   dropped columns are added back) and the problem is re-solved from the previous
-   placement, until no group binds. This check is a certificate for each workload
-   against the placement found; when several workloads crowd the same bounded offers,
-   ``solve(..., reduce=False)`` solves the unreduced problem.
+3. *Coverage (exact).* A bounded column's *own room* is the replicas of its workload
+   the offer has room for even when every other column on it takes as many replicas
+   as its bounds allow. Bounded columns cheaper than the kept unbounded one are kept
+   cheapest first until their own room covers the most replicas an optimum puts in
+   that cell at that throughput level (the replica count; for a throughput target,
+   what reaches it at that level, or the total cap under share rules); the rest are
+   dropped. In any placement using a dropped column, some kept column of its group
+   still has room for this workload — nobody else can take its own room, and this
+   workload has fewer replicas there than it covers — so moving a replica there keeps
+   every row and costs no more. (Counting the whole room instead would be wrong: a
+   workload may have to leave a cheap offer to another that has no other place.)
 
 The domain reads no clock: ``solve_seconds`` is HiGHS's own run time.
 """
@@ -74,7 +83,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import highspy
@@ -86,7 +95,6 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 _EPS = 1e-9
-_MAX_WIDENINGS = 4
 
 
 # ---------------------------------------------------------------------------- values
@@ -244,17 +252,19 @@ class Solution:
     total_cost: float
     """USD/h: Σ col_cost · replicas."""
     gap: float
-    """Relative MIP gap HiGHS reports for the final solve (0 when proven optimal)."""
+    """Relative MIP gap HiGHS reports for the last solve: of the real cost once the
+    number of unplaced replicas is settled (or when none stay unplaced). When time runs
+    out before that, it is phase one's gap, of the real cost plus a penalty far above
+    it per unplaced replica: it then says how many more replicas some placement might
+    still place, not how much cheaper it might be."""
     optimal: bool
-    """HiGHS proved the placement optimal within ``mip_rel_gap`` and the reduction
-    check passed."""
+    """HiGHS proved the placement optimal within ``mip_rel_gap``."""
     time_limited: bool
     solve_seconds: float
-    """HiGHS's run time, summed over every solve (widening, second phase)."""
+    """HiGHS's run time, summed over both phases."""
     columns_before: int
     columns_after: int
-    """Columns in the last MILP, after reduction and widening."""
-    widenings: int = 0
+    """Columns in the MILP, after reduction."""
     solves: int = 0
 
     def outcome(self, name: str) -> WorkloadOutcome:
@@ -319,22 +329,70 @@ def _share_cap(share: FloatArray, replicas: FloatArray, sized: BoolArray) -> Flo
 
 @dataclass(frozen=True, eq=False)
 class _Candidates:
-    """Columns that survive the per-workload checks (``a_*`` arrays, one per such
-    column, ``index`` into the problem's columns) and the reasons of the rest."""
+    """Columns that survive the per-workload checks (one entry per such column,
+    ``index`` into the problem's columns) and the reasons of the rest. What only some
+    columns need (bounds, room) is computed for those: see :func:`_upper`."""
 
     index: IntArray
     workload: IntArray
     offer: IntArray
     cost: FloatArray
     throughput: FloatArray
-    upper: FloatArray
-    room: FloatArray
-    """Replicas of this workload that fit the offer's effective capacity (inf: unbounded)."""
+    bounded: BoolArray
+    """The offer's capacity may bind (else the column's room is unbounded)."""
     capacity: FloatArray
     """Effective capacity per offer: inf where it can never bind."""
+    demand: FloatArray
+    """Per offer with bounded capacity: the GPUs every column on it could take."""
     reasons: dict[int, str]
     total_cap: FloatArray
     """Per workload: most replicas in total (inf: only the demand row limits it)."""
+
+
+def _rule_upper(
+    p: Problem, d: _Demands, total_cap: FloatArray, w: IntArray, o: IntArray, tput: FloatArray
+) -> FloatArray:
+    """Most replicas workload ``w`` may put on offer ``o`` by its own rules (capacity
+    aside): its count within its provider and spot caps; for a throughput target, what
+    reaches it there (the total cap under share rules, see :func:`_prepare`)."""
+    on_demand = np.minimum(d.replicas, d.provider_cap)
+    by_market = np.stack([on_demand, np.minimum(on_demand, d.spot_cap)], axis=1)
+    upper: FloatArray = by_market.ravel()[w * 2 + p.offer_spot[o]]
+    at = np.flatnonzero(d.throughput_sized[w])
+    cap = total_cap[w[at]]
+    reach = np.ceil(d.target[w[at]] / tput[at] - _EPS)
+    upper[at] = np.where(np.isfinite(cap), cap, reach)
+    return upper
+
+
+def _room(d: _Demands, c: _Candidates, pos: IntArray) -> FloatArray:
+    """Replicas of the column's workload that fit its offer (inf: unbounded)."""
+    room: FloatArray = np.full(len(pos), np.inf)
+    at = np.flatnonzero(c.bounded[pos])
+    room[at] = np.floor(c.capacity[c.offer[pos[at]]] / d.gpus[c.workload[pos[at]]] + _EPS)
+    return room
+
+
+def _upper(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> FloatArray:
+    """Bound of the column's variable: its rules' bound within its room."""
+    w, o = c.workload[pos], c.offer[pos]
+    upper: FloatArray = np.minimum(
+        _rule_upper(p, d, c.total_cap, w, o, c.throughput[pos]), _room(d, c, pos)
+    )
+    return upper
+
+
+def _own_room(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> FloatArray:
+    """Replicas of the column's workload its offer has room for even when every other
+    column on it takes as many as its bounds allow (inf: unbounded)."""
+    own: FloatArray = np.full(len(pos), np.inf)
+    at = pos[c.bounded[pos]]
+    w, o = c.workload[at], c.offer[at]
+    wanted = d.gpus[w] * _rule_upper(p, d, c.total_cap, w, o, c.throughput[at])
+    others = c.demand[o] - wanted
+    free = np.floor(np.maximum(c.capacity[o] - others, 0.0) / d.gpus[w] + _EPS)
+    own[c.bounded[pos]] = np.minimum(free, _room(d, c, at))
+    return own
 
 
 def _pct(share: float) -> str:
@@ -346,6 +404,20 @@ def _distinct(rows: IntArray, cols: IntArray, shape: tuple[int, int]) -> IntArra
     seen[rows, cols] = True
     counts: IntArray = seen.sum(axis=1).astype(np.int64)
     return counts
+
+
+def _per_group_min(values: FloatArray, group: IntArray, n: int) -> FloatArray:
+    """The least value of each group 0..n-1 (inf where empty). Groups given in order,
+    as callers build columns workload by workload, take one pass; others ufunc.at."""
+    out = np.full(n, np.inf)
+    if len(group) == 0:
+        return out
+    if np.all(group[1:] >= group[:-1]):
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        out[group[starts]] = np.minimum.reduceat(values, starts)
+    else:
+        np.minimum.at(out, group, values)
+    return out
 
 
 def _prepare(p: Problem, d: _Demands) -> _Candidates:
@@ -360,8 +432,7 @@ def _prepare(p: Problem, d: _Demands) -> _Candidates:
     spot = p.offer_spot[co]
     useful = ~d.throughput_sized[cw] | (p.col_throughput > 0)
     allowed = useful & (~spot | (d.spot_cap[cw] > 0))
-    room = np.floor(p.offer_capacity_gpus[co] / d.gpus[cw])
-    fits = allowed & (room >= 1)
+    fits = allowed & (p.offer_capacity_gpus[co] >= d.gpus[cw] - _EPS)
     any_column = np.bincount(cw, minlength=n_w) > 0
     has_useful, has_allowed, has_fit = present(useful), present(allowed), present(fits)
     has_on_demand = present(fits & ~spot)
@@ -369,11 +440,19 @@ def _prepare(p: Problem, d: _Demands) -> _Candidates:
     n_reg = _distinct(fit_w, p.offer_region[co[fits]], (n_w, n_regions))
     n_prov = _distinct(fit_w, p.offer_provider[co[fits]], (n_w, n_providers))
 
-    cheapest = np.full(n_w, np.inf)
     per_unit = np.where(d.throughput_sized[fit_w], p.col_throughput[fits], 1.0)
+    cheapest = _per_group_min(p.col_cost[fits] / per_unit, fit_w, n_w)
+    # The smallest placement: the whole target, or (a replica-sized workload may be
+    # placed in part) the fewest replicas its spread and provider share allow.
     with np.errstate(divide="ignore"):
-        np.minimum.at(cheapest, fit_w, p.col_cost[fits] / per_unit)
-    floor_cost = np.where(d.throughput_sized, d.target, d.replicas) * cheapest
+        fewest = np.maximum.reduce(
+            [
+                d.min_regions.astype(np.float64),
+                d.min_providers.astype(np.float64),
+                np.ceil(1 / d.provider_share - _EPS),
+            ]
+        )
+    floor_cost = np.where(d.throughput_sized, d.target, fewest) * cheapest
     budgets = np.array([*p.budgets, np.inf])
     over_budget = floor_cost > budgets[d.budget_group] * (1 + _EPS)
 
@@ -403,48 +482,51 @@ def _prepare(p: Problem, d: _Demands) -> _Candidates:
 
     index = np.flatnonzero(fits & ~blocked[cw])
     aw, ao = cw[index], co[index]
-    cost, tput, room_a = p.col_cost[index], p.col_throughput[index], room[index]
+    tput = p.col_throughput[index]
     sized = d.throughput_sized[aw]
-    spot_a = p.offer_spot[ao]
-    replica_upper = np.minimum(
-        np.minimum(d.replicas[aw], d.provider_cap[aw]),
-        np.where(spot_a, d.spot_cap[aw], np.inf),
-    )
     # Without share rules a throughput-sized workload never needs more replicas on one
-    # offer than reach its target there: one fewer would still reach it. With share
-    # rules replicas may be needed to balance others; the model then allows at most
-    # ⌈1/s⌉·⌈target / its slowest column⌉ in total (s: its smallest share below 1),
-    # enough to reach the target within each of ⌈1/s⌉ providers or markets. HiGHS
-    # needs this bound: with unbounded integers its cuts and heuristics stall.
-    slowest = np.full(n_w, np.inf)
-    np.minimum.at(slowest, aw, np.where(sized, tput, np.inf))
+    # offer than reach its target there: one fewer would still reach it (and the offer
+    # keeps at least one, so the spread is kept). With share rules replicas may be
+    # needed to balance others; the model then allows at most ⌈1/s⌉·(⌈target / its
+    # slowest column⌉ + d_r + d_p) in total (s: its smallest share below 1; d_r, d_p:
+    # the distinct regions and providers it needs), enough to reach the target and
+    # the spread within each of ⌈1/s⌉ providers or markets. HiGHS needs this bound:
+    # with unbounded integers its cuts and heuristics stall.
+    at = np.flatnonzero(sized)
+    slowest = _per_group_min(tput[at], aw[at], n_w)
+    # A share of 0 is no share to balance: its columns are gone (see fits above).
     smallest = np.minimum(
-        np.where(d.provider_share < 1, d.provider_share, 1.0),
-        np.where(d.spot_share < 1, d.spot_share, 1.0),
+        np.where((d.provider_share > 0) & (d.provider_share < 1), d.provider_share, 1.0),
+        np.where((d.spot_share > 0) & (d.spot_share < 1), d.spot_share, 1.0),
     )
+    spread_need = (d.min_regions + d.min_providers).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         total_cap = np.where(
             d.throughput_sized & (smallest < 1) & np.isfinite(slowest),
-            np.ceil(1 / np.maximum(smallest, _EPS) - _EPS) * np.ceil(d.target / slowest - _EPS),
+            np.ceil(1 / np.maximum(smallest, _EPS) - _EPS)
+            * (np.ceil(d.target / slowest - _EPS) + spread_need),
             np.inf,
         )
-        no_share = ~np.isfinite(total_cap[aw])
-        tput_upper = np.where(no_share, np.ceil(d.target[aw] / tput - _EPS), total_cap[aw])
-    upper = np.minimum(np.where(sized, tput_upper, replica_upper), room_a)
 
-    # Capacity that every workload together could not fill never binds.
-    demand = np.bincount(ao, weights=d.gpus[aw] * upper, minlength=len(p.offer_region))
+    # Capacity that every workload together could not fill never binds. Counted with
+    # the bounds the workloads' own rules set, not the room: a column whose bound is
+    # the offer's room is bounded, and the reduction must not treat it as unbounded.
+    at = np.flatnonzero(np.isfinite(p.offer_capacity_gpus[ao]))
+    w_at, o_at = aw[at], ao[at]
+    wanted = d.gpus[w_at] * _rule_upper(p, d, total_cap, w_at, o_at, tput[at])
+    demand = np.bincount(o_at, weights=wanted, minlength=len(p.offer_region)).astype(np.float64)
     capacity = np.where(p.offer_capacity_gpus >= demand, np.inf, p.offer_capacity_gpus)
-    room_eff = np.where(np.isinf(capacity[ao]), np.inf, room_a)
+    bounded = np.zeros(len(index), dtype=np.bool_)
+    bounded[at] = np.isfinite(capacity[o_at])
     return _Candidates(
         index=index,
         workload=aw,
         offer=ao,
-        cost=cost,
+        cost=p.col_cost[index],
         throughput=tput,
-        upper=upper,
-        room=room_eff,
+        bounded=bounded,
         capacity=capacity,
+        demand=demand,
         reasons=reasons,
         total_cap=total_cap,
     )
@@ -486,11 +568,10 @@ def _local_reason(
         share = wl.max_share_per_provider
         if provider_cap <= 0:
             return f"at most {_pct(share)} of replicas per provider leaves no room for one"
-        needed = (
-            math.ceil(wl.replicas / provider_cap)
-            if wl.replicas is not None
-            else math.ceil(1 / share - _EPS)
-        )
+        # Any placement needs ⌈1/share⌉ providers, and that many (one replica each)
+        # keeps the share: with fewer providers than a full placement needs, a
+        # replica-sized workload is still placed in part.
+        needed = math.ceil(1 / share - _EPS)
         if n_providers < needed:
             return (
                 f"at most {_pct(share)} of replicas per provider needs {needed} providers, "
@@ -510,18 +591,6 @@ def _local_reason(
 # -------------------------------------------------------------------------- reduction
 
 
-@dataclass(frozen=True, eq=False)
-class _Reduction:
-    kept: IntArray
-    """Positions into the candidate arrays, sorted."""
-    prefix: IntArray
-    """Kept bounded columns of coverage groups (candidate positions) ..."""
-    prefix_group: IntArray
-    dropped: IntArray
-    """... and the columns coverage dropped from them, to add back when all bind."""
-    dropped_group: IntArray
-
-
 def _dense(raw: IntArray) -> tuple[IntArray, int]:
     """Group ids 0..n-1 for arbitrary non-negative keys."""
     if len(raw) == 0:
@@ -535,16 +604,24 @@ def _dense(raw: IntArray) -> tuple[IntArray, int]:
 
 def _cells(p: Problem, d: _Demands, c: _Candidates, pos: IntArray, *, region: bool) -> IntArray:
     """Cell key: workload, and region / provider / market where its rules tell them apart."""
-    w, o = c.workload[pos], c.offer[pos]
     n_regions = int(p.offer_region.max()) + 1
     n_providers = int(p.offer_provider.max()) + 1
-    by_region = (d.min_regions[w] > 1) & region
-    by_provider = (d.min_providers[w] > 1) | (d.provider_share[w] < 1)
-    by_market = d.spot_share[w] < 1
-    r = np.where(by_region, p.offer_region[o], 0)
-    pr = np.where(by_provider, p.offer_provider[o], 0)
-    m = np.where(by_market, p.offer_spot[o].astype(np.int64), 0)
-    key: IntArray = ((w * n_regions + r) * n_providers + pr) * 2 + m
+    # Which of region (4), provider (2) and market (1) each workload's rules tell apart,
+    # and each offer's key within a workload for each of those 8 modes.
+    mode = (
+        ((d.min_regions > 1) & region) * 4
+        + ((d.min_providers > 1) | (d.provider_share < 1)) * 2
+        + (d.spot_share < 1)
+    ).astype(np.int64)
+    modes = np.arange(8)[:, None]
+    within = (
+        np.where(modes & 4, p.offer_region, 0) * n_providers
+        + np.where(modes & 2, p.offer_provider, 0)
+    ) * 2 + np.where(modes & 1, p.offer_spot, 0)
+    w, o = c.workload[pos], c.offer[pos]
+    key: IntArray = (
+        w * (n_regions * n_providers * 2) + within.ravel()[mode[w] * len(p.offer_region) + o]
+    )
     return key
 
 
@@ -553,58 +630,70 @@ def _level(d: _Demands, c: _Candidates, pos: IntArray) -> FloatArray:
     return np.where(d.throughput_sized[c.workload[pos]], c.throughput[pos], 0.0)
 
 
-def _reduce(p: Problem, d: _Demands, c: _Candidates) -> _Reduction:
-    n = len(c.index)
-    pos = np.arange(n, dtype=np.int64)
+def _reduce(p: Problem, d: _Demands, c: _Candidates) -> IntArray:
+    """Candidate positions that survive the three exact reductions, sorted."""
+    pos = np.arange(len(c.index), dtype=np.int64)
     survivors = _dominance_anchors(p, d, c, pos)
     survivors = _dominance_full(p, d, c, survivors)
-    kept, prefix, prefix_group, dropped, dropped_group = _coverage(p, d, c, survivors)
-    kept, pruned = _prune_regions(p, d, c, kept)
-    if len(pruned):
-        # A pruned region needs no widening: its columns are exactly dominated.
-        live_prefix = ~np.isin(prefix, pruned)
-        live_groups = np.unique(prefix_group[live_prefix])
-        mask_p = np.isin(prefix_group, live_groups)
-        mask_d = np.isin(dropped_group, live_groups)
-        prefix, prefix_group = prefix[mask_p], prefix_group[mask_p]
-        dropped, dropped_group = dropped[mask_d], dropped_group[mask_d]
-    return _Reduction(np.sort(kept), prefix, prefix_group, dropped, dropped_group)
+    survivors = _coverage(p, d, c, survivors)
+    kept: IntArray = np.sort(_prune_regions(p, d, c, survivors))
+    return kept
 
 
 def _dominance_anchors(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArray:
-    """Exact, O(n): drop columns dominated by one of two anchors per cell — the cheapest
-    unbounded column and the fastest unbounded one (ties to the lower position)."""
+    """Exact, O(n): drop columns dominated by an anchor of their cell — the cheapest
+    unbounded column and, for a throughput target, the fastest unbounded one (ties to
+    the lower position)."""
     cell, n_cells = _dense(_cells(p, d, c, pos, region=True))
-    cost, level = c.cost[pos], _level(d, c, pos)
-    unbounded = np.isinf(c.room[pos])
-    n = len(pos)
+    cost = c.cost[pos]
+    unbounded = ~c.bounded[pos]
+    sized = d.throughput_sized[c.workload[pos]]
 
-    def cell_min(values: FloatArray, mask: BoolArray, fill: float) -> FloatArray:
-        out = np.full(n_cells, fill)
-        np.minimum.at(out, cell[mask], values[mask])
+    def cell_min(values: FloatArray, group: IntArray) -> FloatArray:
+        out = np.full(n_cells, np.inf)
+        np.minimum.at(out, group, values)
         return out
 
-    def cell_max(values: FloatArray, mask: BoolArray) -> FloatArray:
-        out = np.full(n_cells, -1.0)
-        np.maximum.at(out, cell[mask], values[mask])
-        return out
+    # A replica count: every column serves the same, so the cheapest unbounded column
+    # dominates every dearer one and every bounded one as cheap (unbounded ties stay).
+    free = unbounded & ~sized
+    cheapest = cell_min(cost[free], cell[free])
+    best = cheapest[cell]
+    dominated = ~sized & ((cost > best) | ((cost == best) & ~unbounded))
 
-    def first(mask: BoolArray) -> IntArray:
-        out = np.full(n_cells, n, dtype=np.int64)
-        np.minimum.at(out, cell[mask], pos[mask])
-        return out
+    at = np.flatnonzero(sized)
+    if len(at):
+        cell_, cost_, pos_, free_ = cell[at], cost[at], pos[at], unbounded[at]
+        level_ = c.throughput[pos_]
 
-    cost_a = cell_min(cost, unbounded, np.inf)
-    at_a = unbounded & (cost == cost_a[cell])
-    level_a = cell_max(level, at_a)
-    first_a = first(at_a & (level == level_a[cell]))
-    level_b = cell_max(level, unbounded)
-    at_b = unbounded & (level == level_b[cell])
-    cost_b = cell_min(cost, at_b, np.inf)
-    first_b = first(at_b & (cost == cost_b[cell]))
-    dominated = ((cost >= cost_a[cell]) & (level <= level_a[cell]) & (pos != first_a[cell])) | (
-        (cost >= cost_b[cell]) & (level <= level_b[cell]) & (pos != first_b[cell])
-    )
+        def cell_max(values: FloatArray, group: IntArray) -> FloatArray:
+            out = np.full(n_cells, -1.0)
+            np.maximum.at(out, group, values)
+            return out
+
+        def dominated_by(best_cost: FloatArray, best_level: FloatArray, on: BoolArray) -> BoolArray:
+            """Columns no faster and no cheaper than the anchor (the first of ``on``)."""
+            anchor = np.full(n_cells, len(c.index), dtype=np.int64)
+            np.minimum.at(anchor, cell_[on], pos_[on])
+            result: BoolArray = (
+                (cost_ >= best_cost[cell_])
+                & (level_ <= best_level[cell_])
+                & (pos_ != anchor[cell_])
+            )
+            return result
+
+        # The cheapest unbounded column (ties to the fastest) ...
+        cost_a = cell_min(cost_[free_], cell_[free_])
+        on = free_ & (cost_ == cost_a[cell_])
+        level_a = cell_max(level_[on], cell_[on])
+        on &= level_ == level_a[cell_]
+        by_cheapest = dominated_by(cost_a, level_a, on)
+        # ... and the fastest (ties to the cheapest).
+        level_b = cell_max(level_[free_], cell_[free_])
+        on = free_ & (level_ == level_b[cell_])
+        cost_b = cell_min(cost_[on], cell_[on])
+        on &= cost_ == cost_b[cell_]
+        dominated[at] = by_cheapest | dominated_by(cost_b, level_b, on)
     kept: IntArray = pos[~dominated]
     return kept
 
@@ -630,7 +719,7 @@ def _dominance_full(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> I
     rank = np.unique(level, return_inverse=True)[1].astype(np.int64)
     group = _sorted_groups(cell)
     span = int(rank.max()) + 2
-    value = group * span + np.where(np.isinf(c.room[pos]), rank, -1)
+    value = group * span + np.where(c.bounded[pos], -1, rank)
     best = np.maximum.accumulate(value)
     before = np.empty_like(best)
     before[0] = -1
@@ -642,15 +731,12 @@ def _dominance_full(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> I
     return kept
 
 
-def _coverage(
-    p: Problem, d: _Demands, c: _Candidates, pos: IntArray
-) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
-    """Checked: within a cell and throughput level, keep bounded columns cheapest first
-    until their capacity covers the workload's need there. Returns kept positions and
-    the coverage groups (kept prefix, dropped) for the widening check."""
-    empty = np.zeros(0, dtype=np.int64)
+def _coverage(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArray:
+    """Exact: within a cell and throughput level, keep bounded columns cheapest first
+    until the room they keep for the workload whatever the others do covers its need
+    there (see the module docstring); drop the rest."""
     if len(pos) == 0:
-        return pos, empty, empty, empty, empty
+        return pos
     cell = _cells(p, d, c, pos, region=True)
     level = _level(d, c, pos)
     rank = np.unique(level, return_inverse=True)[1].astype(np.int64)
@@ -658,40 +744,32 @@ def _coverage(
     pos, cell, rank = pos[order], cell[order], rank[order]
     group = _sorted_groups(cell * (int(rank.max()) + 1) + rank)
     w = c.workload[pos]
-    with np.errstate(divide="ignore"):
-        need = np.where(
-            d.throughput_sized[w],
-            np.ceil(d.target[w] / c.throughput[pos] - _EPS),
-            d.replicas[w],
-        )
-    bounded = ~np.isinf(c.room[pos])
-    room = np.where(bounded, c.room[pos], 0.0)
+    # The most replicas an optimum puts in one cell at one level: the replica count,
+    # or what reaches the target at that level (the total cap under share rules).
+    # Only a throughput-sized workload divides by throughput (its candidates all have
+    # some); a replica-sized one may come with none.
+    sized = d.throughput_sized[w]
+    need = d.replicas[w].copy()
+    cap = c.total_cap[w[sized]]
+    reach = np.ceil(d.target[w[sized]] / c.throughput[pos[sized]] - _EPS)
+    need[sized] = np.where(np.isfinite(cap), cap, reach)
+    bounded = c.bounded[pos]
+    room = np.where(bounded, _own_room(p, d, c, pos), 0.0)
     total = np.cumsum(room)
     starts = np.r_[True, group[1:] != group[:-1]]
     base = np.maximum.accumulate(np.where(starts, total - room, 0.0))
     covered_before = total - room - base
-    drop = bounded & (covered_before >= need)
-    dropped_groups = np.unique(group[drop])
-    in_dropped_group = np.isin(group, dropped_groups)
-    prefix_mask = in_dropped_group & bounded & ~drop
-    return (
-        pos[~drop],
-        pos[prefix_mask],
-        group[prefix_mask],
-        pos[drop],
-        group[drop],
-    )
+    kept: IntArray = pos[~(bounded & (covered_before >= need))]
+    return kept
 
 
-def _prune_regions(
-    p: Problem, d: _Demands, c: _Candidates, pos: IntArray
-) -> tuple[IntArray, IntArray]:
+def _prune_regions(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArray:
     """Exact region pruning for workloads needing ``d`` ≥ 2 distinct regions (see the
-    module docstring). Returns kept and pruned positions."""
+    module docstring). Returns the kept positions."""
     w = c.workload[pos]
     spread = d.min_regions[w] > 1
     if not spread.any():
-        return pos, np.zeros(0, dtype=np.int64)
+        return pos
     others, sp = pos[~spread], pos[spread]
     level = _level(d, c, sp)
     rank = np.unique(level, return_inverse=True)[1].astype(np.int64)
@@ -704,7 +782,7 @@ def _prune_regions(
     pair_sub, pair_region = pair_ids // n_regions, pair_ids % n_regions
     cost = c.cost[sp]
     q = np.full(n_pairs, np.inf)
-    unbounded = np.isinf(c.room[sp])
+    unbounded = ~c.bounded[sp]
     np.minimum.at(q, pair[unbounded], cost[unbounded])
     m = np.full(n_pairs, np.inf)
     np.minimum.at(m, pair, cost)
@@ -727,8 +805,7 @@ def _prune_regions(
     keep_pair = in_top | (m < q_d)
     keep = keep_pair[pair]
     kept: IntArray = np.concatenate([others, sp[keep]])
-    pruned: IntArray = sp[~keep]
-    return kept, pruned
+    return kept
 
 
 # ------------------------------------------------------------------------------ model
@@ -752,8 +829,11 @@ class _Model:
     slack: IntArray
     """Penalised variables (u: unplaced replicas; z: placed, rewarded) ..."""
     slack_weight: FloatArray
-    """... and their objective coefficients in phase one."""
+    """... and their objective coefficients in phase one: multiples of ``penalty``."""
     slack_offset: float
+    penalty: float
+    """The penalty of one unplaced replica; a throughput-sized workload left unplaced
+    weighs as many as its target needs of its fastest column."""
     unplaced_var: IntArray
     """Per workload: its u variable, or -1."""
     placed_var: IntArray
@@ -876,7 +956,7 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
 
     var_cost = [cost]
     var_lower = [np.zeros(m)]
-    var_upper = [c.upper[cols]]
+    var_upper = [_upper(p, d, c, cols)]
     var_int = [np.ones(m, dtype=np.int64)]
     n_vars = m
 
@@ -1038,11 +1118,129 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
         slack=slack,
         slack_weight=slack_weight,
         slack_offset=offset,
+        penalty=penalty,
         unplaced_var=unplaced_var,
         placed_var=placed_var,
         trivial=trivial,
         links=tuple(links),
     )
+
+
+# ----------------------------------------------------------------------------- start
+
+
+@dataclass
+class _Tally:
+    """One workload's replicas so far, while the greedy start places it."""
+
+    regions: dict[int, int] = field(default_factory=dict)
+    providers: dict[int, int] = field(default_factory=dict)
+    spot: int = 0
+    placed: int = 0
+    reached: float = 0.0
+
+    def add(self, region: int, provider: int, spot: bool, throughput: float) -> None:
+        self.regions[region] = self.regions.get(region, 0) + 1
+        self.providers[provider] = self.providers.get(provider, 0) + 1
+        self.spot += spot
+        self.placed += 1
+        self.reached += throughput
+
+    def keeps_rules(self, d: _Demands, w: int) -> bool:
+        """Something is placed and it keeps every rule of workload ``w`` alone."""
+        return bool(
+            self.placed > 0
+            and len(self.regions) >= d.min_regions[w]
+            and len(self.providers) >= d.min_providers[w]
+            and max(self.providers.values()) <= d.provider_share[w] * self.placed + _EPS
+            and self.spot <= d.spot_share[w] * self.placed + _EPS
+            and (not d.throughput_sized[w] or self.reached >= d.target[w] * (1 - 1e-9))
+        )
+
+
+def _greedy_start(p: Problem, d: _Demands, c: _Candidates, model: _Model) -> FloatArray:
+    """A feasible placement to start HiGHS from (replicas per model column), so that
+    it begins near the optimum instead of from "nothing placed". Workload by workload,
+    cheapest per unit first, one replica at a time on the cheapest column with room
+    and budget left: in a new region or provider while the spread is short; for a
+    replica count, within what the share rules allow a full placement; for a
+    throughput target, on a provider and market still within their shares when one
+    is, until the target is reached and the shares are kept. A workload whose result
+    breaks a rule (a partial placement may) is left out. Only a start: the solve
+    decides."""
+    cols = model.cols
+    n = len(cols)
+    w_of = c.workload[cols]
+    offer = c.offer[cols].tolist()
+    cost = c.cost[cols].tolist()
+    tput = c.throughput[cols].tolist()
+    upper = model.upper[:n].tolist()
+    region = p.offer_region[c.offer[cols]].tolist()
+    provider = p.offer_provider[c.offer[cols]].tolist()
+    spot = p.offer_spot[c.offer[cols]].tolist()
+    free = c.capacity.tolist()
+    left = [*p.budgets, math.inf]
+    x = [0] * n
+
+    sized = d.throughput_sized
+    price = np.where(sized[w_of], c.cost[cols] / np.maximum(c.throughput[cols], _EPS), c.cost[cols])
+    per_unit = np.full(len(d.replicas), np.inf)
+    np.minimum.at(per_unit, w_of, price)
+    # Each workload's columns, cheapest per unit first: col_order[starts[w]:starts[w + 1]].
+    col_order = np.lexsort((price, w_of))
+    starts = np.searchsorted(w_of[col_order], np.arange(len(d.replicas) + 1))
+
+    for w in np.argsort(per_unit, kind="stable").tolist():
+        mine = col_order[starts[w] : starts[w + 1]].tolist()
+        if not mine:
+            continue
+        gpus = float(d.gpus[w])
+        group = int(d.budget_group[w])
+        by_tput = bool(sized[w])
+        most = float(c.total_cap[w]) if by_tput else float(d.replicas[w])
+        per_provider = math.inf if by_tput else float(d.provider_cap[w])
+        on_spot = math.inf if by_tput else float(d.spot_cap[w])
+        provider_share, spot_share = float(d.provider_share[w]), float(d.spot_share[w])
+        need_r, need_p = int(d.min_regions[w]), int(d.min_providers[w])
+        t = _Tally()
+        taken: list[int] = []
+        while t.placed < most and not (by_tput and t.keeps_rules(d, w)):
+            regions, providers = t.regions, t.providers
+            placed, n_spot = t.placed, t.spot
+            short_r, short_p = len(regions) < need_r, len(providers) < need_p
+            best, best_key = -1, (-1, -1)
+            for j in mine:
+                if (
+                    x[j] >= upper[j]
+                    or free[offer[j]] < gpus
+                    or left[group] < cost[j]
+                    or providers.get(provider[j], 0) >= per_provider
+                    or (spot[j] and n_spot >= on_spot)
+                ):
+                    continue
+                gain = (short_r and region[j] not in regions) + (
+                    short_p and provider[j] not in providers
+                )
+                safe = (
+                    providers.get(provider[j], 0) + 1 <= provider_share * (placed + 1) + _EPS
+                    and n_spot + spot[j] <= spot_share * (placed + 1) + _EPS
+                )
+                key = (gain, int(safe and by_tput))
+                if key > best_key:
+                    best, best_key = j, key
+            if best < 0:
+                break
+            x[best] += 1
+            taken.append(best)
+            free[offer[best]] -= gpus
+            left[group] -= cost[best]
+            t.add(region[best], provider[best], spot[best], tput[best])
+        if not t.keeps_rules(d, w):
+            for j in taken:
+                x[j] -= 1
+                free[offer[j]] += gpus
+                left[group] += cost[j]
+    return np.array(x, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------- solving
@@ -1111,7 +1309,9 @@ class _CountSettled:
         self.slack = model.slack
         self.weight = model.slack_weight
         self.offset = model.slack_offset
-        self.unit = float(np.abs(model.slack_weight).min()) if len(model.slack) else 0.0
+        # Not the smallest weight: weights are different multiples of the penalty, and
+        # placements may differ by one penalty even when no weight is that small.
+        self.unit = model.penalty
         self.gap = mip_rel_gap
         self.penalty = 0.0
         self.stopped = False
@@ -1178,56 +1378,24 @@ def solve(
     d = _Demands.of(problem.workloads)
     c = _prepare(problem, d)
     n_cand = len(c.index)
-    if reduce and n_cand:
-        red = _reduce(problem, d, c)
-    else:
-        empty = np.zeros(0, dtype=np.int64)
-        red = _Reduction(np.arange(n_cand, dtype=np.int64), empty, empty, empty, empty)
-    cols = red.kept
-    pending = np.ones(len(np.unique(red.prefix_group)), dtype=np.bool_)
-    group_ids = np.unique(red.prefix_group)
-    prefix_g = np.searchsorted(group_ids, red.prefix_group)
-    dropped_g = np.searchsorted(group_ids, red.dropped_group)
-
-    seconds, solves, widenings = 0.0, 0, 0
-    run: _Run | None = None
+    cols = _reduce(problem, d, c) if reduce and n_cand else np.arange(n_cand, dtype=np.int64)
+    x = np.zeros(len(cols))
     model: _Model | None = None
-    certified = True
-    x_prev = np.zeros(n_cand)
-    while len(cols):
+    run: _Run | None = None
+    if len(cols):
         model = _build(problem, d, c, cols)
-        start = model.trivial.copy()
-        if run is not None:
-            start[: len(cols)] = x_prev[cols]
-            start = _restart(model, start, d, c)
-        run = _solve_model(model, start, time_limit=time_limit - seconds, mip_rel_gap=mip_rel_gap)
-        seconds += run.seconds
-        solves += run.solves
-        x_prev = np.zeros(n_cand)
-        x_prev[cols] = np.rint(run.values[: len(cols)])
-        if not pending.any():
-            break
-        full = _bound_groups(d, c, x_prev, red.prefix, prefix_g, len(group_ids)) & pending
-        if not full.any():
-            break
-        if run.time_limited or seconds >= time_limit or widenings >= _MAX_WIDENINGS:
-            certified = False
-            break
-        pending &= ~full
-        cols = np.union1d(cols, red.dropped[full[dropped_g]])
-        widenings += 1
-
-    return _solution(
-        problem, d, c, cols, model, run, x_prev,
-        seconds=seconds, solves=solves, widenings=widenings, certified=certified,
-    )  # fmt: skip
+        start = _start_from(model, _greedy_start(problem, d, c, model), d, c)
+        run = _solve_model(model, start, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+        x = np.rint(run.values[: len(cols)])
+    return _solution(problem, d, c, cols, model, run, x)
 
 
-def _restart(model: _Model, start: FloatArray, d: _Demands, c: _Candidates) -> FloatArray:
-    """Make a previous placement, mapped onto a wider model, a feasible start: set the
-    slack, indicator and distinct-place variables to match it."""
+def _start_from(model: _Model, x: FloatArray, d: _Demands, c: _Candidates) -> FloatArray:
+    """A start for the model from replicas on its columns: the slack, indicator and
+    distinct-place variables set to match them."""
+    start = model.trivial.copy()
     m = len(model.cols)
-    x = start[:m]
+    start[:m] = x
     w = c.workload[model.cols]
     placed = np.bincount(w, weights=x, minlength=len(d.replicas))
     reps = model.unplaced_var >= 0
@@ -1239,19 +1407,6 @@ def _restart(model: _Model, start: FloatArray, d: _Demands, c: _Candidates) -> F
     return start
 
 
-def _bound_groups(
-    d: _Demands, c: _Candidates, x: FloatArray, prefix: IntArray, prefix_g: IntArray, n: int
-) -> BoolArray:
-    """Coverage groups whose every kept bounded column has no room for another replica."""
-    used = np.bincount(c.offer, weights=d.gpus[c.workload] * x, minlength=len(c.capacity))
-    o = c.offer[prefix]
-    full = (c.capacity[o] - used[o]) < d.gpus[c.workload[prefix]] - _EPS
-    total = np.bincount(prefix_g, minlength=n)
-    n_full = np.bincount(prefix_g, weights=full.astype(np.float64), minlength=n)
-    result: BoolArray = (total > 0) & (n_full >= total)
-    return result
-
-
 def _solution(
     p: Problem,
     d: _Demands,
@@ -1260,39 +1415,37 @@ def _solution(
     model: _Model | None,
     run: _Run | None,
     x: FloatArray,
-    *,
-    seconds: float,
-    solves: int,
-    widenings: int,
-    certified: bool,
 ) -> Solution:
+    """The solution from replicas ``x`` on the model's columns ``cols``."""
     n_w = p.n_workloads
-    w_all = c.workload
-    placed = np.bincount(w_all, weights=x, minlength=n_w)
+    w_m = c.workload[cols]
+    placed = np.bincount(w_m, weights=x, minlength=n_w)
     # A throughput-sized workload is placed whole or not at all: its z says which (x
     # may hold leftovers the solver had no reason to clear when z = 0).
-    reached = np.bincount(w_all, weights=x * c.throughput, minlength=n_w)
+    reached = np.bincount(w_m, weights=x * c.throughput[cols], minlength=n_w)
     chosen = np.zeros(n_w, dtype=np.bool_)
     if model is not None and run is not None:
         has_z = model.placed_var >= 0
         chosen[has_z] = run.values[model.placed_var[has_z]] > 0.5
     short = d.throughput_sized & (~chosen | (reached < d.target * (1 - 1e-6)))
-    x = np.where(short[w_all], 0.0, x)
+    x = np.where(short[w_m], 0.0, x)
     placed = np.where(short, 0.0, placed)
     replicas = np.zeros(p.n_columns, dtype=np.int64)
-    replicas[c.index] = x.astype(np.int64)
+    replicas[c.index[cols]] = x.astype(np.int64)
     replicas.flags.writeable = False
 
     used: FloatArray = np.bincount(
-        c.offer, weights=d.gpus[w_all] * x, minlength=len(c.capacity)
+        c.offer[cols], weights=d.gpus[w_m] * x, minlength=len(c.capacity)
     ).astype(np.float64)
+    group = d.budget_group[w_m]
     spent: FloatArray = np.bincount(
-        np.maximum(d.budget_group[w_all], 0),
-        weights=np.where(d.budget_group[w_all] >= 0, c.cost * x, 0.0),
+        np.maximum(group, 0),
+        weights=np.where(group >= 0, c.cost[cols] * x, 0.0),
         minlength=max(len(p.budgets), 1),
     ).astype(np.float64)
-    in_model = np.zeros(len(c.index), dtype=np.bool_)
-    in_model[cols] = True
+    # The model's columns of each workload: cols[by_workload[start[w]:start[w + 1]]].
+    by_workload = np.argsort(w_m, kind="stable")
+    start = np.searchsorted(w_m[by_workload], np.arange(n_w + 1))
     time_limited = run.time_limited if run else False
 
     outcomes = []
@@ -1307,7 +1460,7 @@ def _solution(
         if complete:
             outcomes.append(WorkloadOutcome(wl.name, PlacementStatus.PLACED, n_placed))
             continue
-        mine = np.flatnonzero((w_all == w) & in_model)
+        mine = cols[by_workload[start[w] : start[w + 1]]]
         reasons = _coupled_reasons(p, d, c, w, mine, used, spent, time_limited)
         if wl.replicas is not None and n_placed > 0:
             status = PlacementStatus.PARTIAL
@@ -1319,15 +1472,14 @@ def _solution(
     return Solution(
         replicas=replicas,
         workloads=tuple(outcomes),
-        total_cost=float(p.col_cost @ replicas) if p.n_columns else 0.0,
+        total_cost=float(c.cost[cols] @ x),
         gap=run.gap if run else 0.0,
-        optimal=(run.optimal if run else True) and certified,
+        optimal=run.optimal if run else True,
         time_limited=time_limited,
-        solve_seconds=seconds,
+        solve_seconds=run.seconds if run else 0.0,
         columns_before=p.n_columns,
         columns_after=len(cols),
-        widenings=widenings,
-        solves=solves,
+        solves=run.solves if run else 0,
     )
 
 
@@ -1341,13 +1493,28 @@ def _coupled_reasons(
     spent: FloatArray,
     time_limited: bool,
 ) -> tuple[str, ...]:
+    """The coupling rules that kept replicas of workload ``w`` unplaced, judged on the
+    room and budget the final placement leaves: capacity when its offers are full (for
+    a throughput-sized workload: when the room left cannot reach its target), a budget
+    when what is left of it cannot pay for the cheapest column that still has room."""
     reasons = []
     o = c.offer[mine]
-    if np.any(c.capacity[o] - used[o] < d.gpus[w] - _EPS):
+    free = np.floor(np.maximum(c.capacity[o] - used[o], 0.0) / d.gpus[w] + _EPS)
+    open_ = free >= 1
+    if d.throughput_sized[w]:
+        reach = float(np.sum(np.minimum(free, _upper(p, d, c, mine)) * c.throughput[mine]))
+        if reach < d.target[w] * (1 - 1e-6):
+            reasons.append("capacity exhausted")
+    elif not open_.all():
         reasons.append("capacity exhausted")
     b = int(d.budget_group[w])
-    if b >= 0 and len(mine) and p.budgets[b] - spent[b] < float(c.cost[mine].min()) - _EPS:
-        reasons.append(f"budget group {b} exceeded")
+    if b >= 0 and open_.any():
+        cost, tput = c.cost[mine[open_]], c.throughput[mine[open_]]
+        needed = (
+            d.target[w] * float((cost / tput).min()) if d.throughput_sized[w] else float(cost.min())
+        )
+        if p.budgets[b] - spent[b] < needed - _EPS:
+            reasons.append(f"budget group {b} exceeded")
     if not reasons:
         reasons.append(
             "no placement found within the time limit"
