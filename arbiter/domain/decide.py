@@ -120,10 +120,13 @@ def decide(
     policy_revision: str = "",
     time_limit: float = 30.0,
     mip_rel_gap: float = 1e-6,
+    mip_abs_gap: float = 0.01,
 ) -> Outcome:
-    """Decide every workload at once. ``mip_rel_gap`` is tight by default: a gap
-    relative to the whole fleet's cost would let a small workload sit on a dearer offer
-    within the slack, and move back and forth between runs on unchanged inputs."""
+    """Decide every workload at once. The stopping gap is absolute by default (within
+    $0.01/h of the proven optimum): a gap relative to the whole fleet's cost would let
+    a small workload sit on a dearer offer within the slack, and move back and forth
+    between runs on unchanged inputs; a tight relative gap alone would make large
+    fleets run to the time limit."""
     offers = _Offers(snapshot, catalog)
     demands: list[WorkloadDemand] = []
     col_w: list[np.ndarray] = []
@@ -243,7 +246,9 @@ def decide(
         offer_capacity_gpus=offers.capacity,
         budgets=budgets,
     )
-    solution = solve(problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+    solution = solve(
+        problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap
+    )
     price_all = cat(col_price, float)
     grams_all = cat(col_grams, float)
 

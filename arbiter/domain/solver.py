@@ -1256,10 +1256,14 @@ class _Run:
     solves: int = 1
 
 
-def _highs(model: _Model, *, time_limit: float, mip_rel_gap: float) -> highspy.Highs:
+def _highs(
+    model: _Model, *, time_limit: float, mip_rel_gap: float, mip_abs_gap: float = 0.0
+) -> highspy.Highs:
     h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
     h.setOptionValue("mip_rel_gap", mip_rel_gap)
+    if mip_abs_gap > 0:
+        h.setOptionValue("mip_abs_gap", mip_abs_gap)
     h.setOptionValue("time_limit", max(time_limit, 1e-3))
     h.passModel(
         model.n_vars,
@@ -1331,11 +1335,16 @@ class _CountSettled:
 
 
 def _solve_model(
-    model: _Model, start: FloatArray, *, time_limit: float, mip_rel_gap: float
+    model: _Model,
+    start: FloatArray,
+    *,
+    time_limit: float,
+    mip_rel_gap: float,
+    mip_abs_gap: float = 0.0,
 ) -> _Run:
     """Phase one: fewest unplaced, then cheapest. If any stay unplaced, phase two fixes
     how many and minimises the real cost alone (the penalty would swamp the gap)."""
-    h = _highs(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+    h = _highs(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap)
     settled = _CountSettled(model, mip_rel_gap)
     settled.penalty = float(model.slack_weight @ start[model.slack]) + model.slack_offset
     h.cbMipImprovingSolution.subscribe(settled.improved)
@@ -1367,13 +1376,16 @@ def solve(
     *,
     time_limit: float = 30.0,
     mip_rel_gap: float = 0.005,
+    mip_abs_gap: float = 0.0,
     reduce: bool = True,
 ) -> Solution:
     """The cheapest placement of every workload's replicas (see the module docstring).
 
     ``time_limit`` bounds HiGHS's run time in seconds across all solves; a placement
-    found by then is returned with ``time_limited=True``. ``reduce=False`` solves the
-    unreduced problem (every given column).
+    found by then is returned with ``time_limited=True``. HiGHS stops when the gap is
+    within ``mip_rel_gap`` of the cost or within ``mip_abs_gap`` (USD/h) of it,
+    whichever comes first. ``reduce=False`` solves the unreduced problem (every given
+    column).
     """
     d = _Demands.of(problem.workloads)
     c = _prepare(problem, d)
@@ -1385,7 +1397,9 @@ def solve(
     if len(cols):
         model = _build(problem, d, c, cols)
         start = _start_from(model, _greedy_start(problem, d, c, model), d, c)
-        run = _solve_model(model, start, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+        run = _solve_model(
+            model, start, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap
+        )
         x = np.rint(run.values[: len(cols)])
     return _solution(problem, d, c, cols, model, run, x)
 
