@@ -21,7 +21,7 @@ import tenacity
 
 from arbiter.config import SourceConfig
 from arbiter.domain.regions import RegionCatalog
-from arbiter.errors import ArbiterError, ProviderError, Throttled, Unavailable
+from arbiter.errors import ArbiterError, ProviderError, StoreError, Throttled, Unavailable
 from arbiter.logs import get_logger
 from arbiter.ports import Clock
 from arbiter.store.changepoints import IngestStats
@@ -128,7 +128,8 @@ class Poller:
         return sorted(zones)
 
     def poll(self, name: str) -> PollResult:
-        """Run one source once. Never raises for a source failure: it is recorded."""
+        """Run one source once. Never raises: a failure is recorded in the store, or only
+        logged when the store itself is failing (unreachable, full)."""
         configured = self.sources[name]
         adapter = configured.adapter
         log = get_logger("poller", source=name)
@@ -163,8 +164,16 @@ class Poller:
         except ArbiterError as exc:
             result.ok, result.error = False, f"{name}: {exc}"
         result.seconds = time.monotonic() - started
+        try:
+            if result.ok:
+                self.store.sources.succeeded(name, at=now)
+            else:
+                self.store.sources.failed(name, at=now, error=result.error or "")
+        except StoreError as exc:
+            # The store itself is failing (unreachable, disk full): the poll's outcome is
+            # logged below all the same, and the next poll records it again.
+            log.error("source status not recorded", error=str(exc))
         if result.ok:
-            self.store.sources.succeeded(name, at=now)
             log.info(
                 "polled",
                 prices_new=result.prices.inserted,
@@ -175,7 +184,6 @@ class Poller:
                 seconds=round(result.seconds, 3),
             )
         else:
-            self.store.sources.failed(name, at=now, error=result.error or "")
             log.error("poll failed; stored data kept", error=result.error)
         return result
 

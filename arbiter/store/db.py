@@ -113,11 +113,20 @@ def translate_errors(action: str) -> Iterator[None]:
         from arbiter.logs import mask_secrets_in_text
 
         detail = mask_secrets_in_text(str(exc.orig).strip().splitlines()[0] if exc.orig else "")
+        if _out_of_space(exc.orig):
+            raise StoreError(f"{action}: the database is out of disk space: {detail}") from exc
         raise StoreError(f"{action}: database unreachable or refused: {detail}") from exc
     except SQLAlchemyError as exc:
         from arbiter.logs import mask_secrets_in_text
 
         raise StoreError(f"{action}: {mask_secrets_in_text(str(exc).splitlines()[0])}") from exc
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    """SQLite's SQLITE_FULL (13) or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    return getattr(error, "sqlite_errorcode", None) == 13 or (
+        getattr(error, "sqlstate", None) == "53100"
+    )
 
 
 def _sqlite_file(url: str) -> Path | None:

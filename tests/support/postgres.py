@@ -58,6 +58,7 @@ class PostgresServer:
         self._run_as: list[str] = []
         self._bin: Path | None = None
         self._data: Path | None = None
+        self._options: str = ""
 
     def start(self) -> None:
         external = os.environ.get("ARBITER_TEST_POSTGRES_URL")
@@ -97,17 +98,30 @@ class PostgresServer:
             "UTF8",
             "--no-sync",
         )
-        options = (
+        self._options = (
             f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200"
         )
+        self.start_cluster()
+        self.admin_url = f"postgresql://arbiter@127.0.0.1:{port}/postgres"
+
+    @property
+    def can_restart(self) -> bool:
+        """Whether this session runs the server itself (not ARBITER_TEST_POSTGRES_URL),
+        so that tests may stop and start it."""
+        return self._data is not None
+
+    def start_cluster(self) -> None:
+        """Start the private cluster (again): same data directory, same port, so every
+        database and URL handed out before is back."""
+        assert self._data is not None and self._tmp is not None, "not a private server"
         self._pg(
             "pg_ctl",
             "-D",
             str(self._data),
             "-o",
-            options,
+            self._options,
             "-l",
             str(Path(self._tmp) / "log"),
             "-w",
@@ -115,7 +129,12 @@ class PostgresServer:
             "60",
             "start",
         )
-        self.admin_url = f"postgresql://arbiter@127.0.0.1:{port}/postgres"
+
+    def stop_cluster(self) -> None:
+        """Stop the private cluster as an operator would (``pg_ctl stop -m fast``: open
+        sessions are ended, committed data kept); :meth:`start_cluster` brings it back."""
+        assert self._data is not None, "not a private server"
+        self._pg("pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "-t", "60", "stop")
 
     def _pg(self, tool: str, *args: str) -> None:
         assert self._bin is not None
