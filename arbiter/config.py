@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
@@ -39,7 +40,17 @@ from arbiter.domain.values import parse_duration
 from arbiter.errors import ConfigError, unknown_name_message
 from providers.registry import SOURCES
 
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+def _duration(value: Any) -> float:
+    # parse_duration raises AttributeError (which pydantic does not catch) for a list,
+    # a table or null: say what was expected instead of failing with a traceback
+    if not isinstance(value, str | int | float):
+        kind = "a table" if isinstance(value, Mapping) else type(value).__name__
+        raise ValueError(f"expected a duration like '30s', '5m', '1h30m', got {kind}")
+    return parse_duration(value)
+
+
+Seconds = Annotated[float, BeforeValidator(_duration)]
 """A duration: a number of seconds or a string like '30s', '5m', '1h30m'."""
 
 SOURCE_KINDS = tuple(sorted(SOURCES))
@@ -52,6 +63,8 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ARBITER_LOG_FORMAT": ("logging", "format"),
 }
 NOT_SETTINGS = {"ARBITER_CONFIG"}
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config file larger than this (1 MiB) is refused."""
 
 
 class Mode(StrEnum):
@@ -298,16 +311,7 @@ def load_config(
     file = find_config_file(path, env)
     data: dict[str, Any] = {}
     if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("config file not found", source=str(file)) from None
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read config file: {exc.strerror}", source=str(file)
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", source=str(file)) from None
+        data = _read_toml(file)
     file_label = str(file) if file else "defaults"
     overrides, origins = _env_overrides(env)
     merged = _merge(data, overrides)
@@ -330,7 +334,65 @@ def load_config(
             message = f"unknown key{_did_you_mean(err['loc'])}"
             shown = ""
         raise ConfigError(f"{message}{shown}", source=source, key=key) from None
+    from arbiter.logs import register_secrets
+
+    register_secrets(configured_secrets(settings))
     return LoadedConfig(settings, file=file, origins=origins)
+
+
+def configured_secrets(settings: Settings) -> set[str]:
+    """Every secret value in the settings: the database password, and what the options
+    of sources, interruption sources and the executor hold under secret-looking keys."""
+    found = secret_values(
+        [
+            {n: c.options for n, c in settings.sources.items()},
+            {n: c.options for n, c in settings.interruptions.items()},
+            settings.executor.options,
+        ]
+    )
+    if settings.database.url is not None:
+        found |= secret_values(settings.database.url.get_secret_value())
+    return found
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    """The config file's tables. A file that is not a regular file (a FIFO would block
+    the read, a device never end), larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 or
+    nested too deeply for the parser is refused with a ConfigError naming it."""
+    source = str(file)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError("config file not found", source=source) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", source=source) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError("not a regular file; expected a TOML file", source=source)
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", source=source) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file is larger than {MAX_CONFIG_BYTES} bytes; refused", source=source
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "expected a TOML file",
+            source=source,
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    except RecursionError:
+        raise ConfigError("not valid TOML: nested too deeply", source=source) from None
 
 
 def _variable_behind(
@@ -379,6 +441,30 @@ def mask_secrets(data: Any) -> Any:
     if isinstance(data, str) and "://" in data:
         return mask_secrets_in_text(data)
     return data
+
+
+def secret_values(data: Any) -> set[str]:
+    """The values :func:`mask_secrets` would hide: under secret-looking keys (at any
+    depth) and passwords inside URLs — what must never appear in a message either."""
+    from sqlalchemy.engine import make_url
+
+    found: set[str] = set()
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            if any(word in str(k).lower() for word in _SECRET_NAMES) and v is not None:
+                value = v.get_secret_value() if isinstance(v, SecretStr) else v
+                found.update(secret_values(value) if not isinstance(value, str) else {value})
+            else:
+                found |= secret_values(v)
+    elif isinstance(data, list | tuple):
+        for v in data:
+            found |= secret_values(v)
+    elif isinstance(data, str) and "://" in data:
+        with contextlib.suppress(Exception):
+            password = make_url(data).password
+            if password:
+                found.add(str(password))
+    return {v for v in found if len(v) >= 6}  # shorter ones would mask ordinary words
 
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:

@@ -5,9 +5,11 @@ output when it is. Every line carries ``component`` (``daemon``, ``store``,
 ``poller``, ...) and, where relevant, ``workload`` and ``migration`` ids: bind them
 with :func:`get_logger` and ``log.bind(workload=...)``.
 
-Values of keys that look like secrets are replaced by ``***`` before rendering, and
-database URLs have their password masked, so a careless ``log.info(..., url=url)``
-cannot leak credentials.
+Values of keys that look like secrets are replaced by ``***`` before rendering,
+database URLs have their password masked, and the secret values of the configuration
+(:func:`register_secrets`) are masked wherever they appear, so neither a careless
+``log.info(..., url=url)`` nor an error quoting what a server echoed back can leak
+credentials.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -31,11 +33,31 @@ def mask_secrets_in_text(text: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>***", text)
 
 
+_CONFIGURED_SECRETS: set[str] = set()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Secret values from the configuration (passwords, tokens, API keys) that every log
+    line masks wherever they appear, even inside a message a server echoed back."""
+    _CONFIGURED_SECRETS.update(v for v in values if len(v) >= 6)
+
+
+def mask_values(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***`` (for messages
+    that may quote what a server echoed back, such as a refused token)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return mask_secrets_in_text(text)
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: hide secret-looking keys and passwords inside URLs."""
     for key, value in list(event.items()):
         if _SECRET_KEY.search(key):
             event[key] = "***"
+        elif isinstance(value, str) and _CONFIGURED_SECRETS:
+            event[key] = mask_values(value, _CONFIGURED_SECRETS)
         elif isinstance(value, str) and "://" in value:
             event[key] = mask_secrets_in_text(value)
     return event

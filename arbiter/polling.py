@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from arbiter.config import SourceConfig
+from arbiter.config import SourceConfig, secret_values
 from arbiter.domain.regions import RegionCatalog
 from arbiter.errors import ArbiterError, ProviderError, StoreError, Throttled, Unavailable
-from arbiter.logs import get_logger
+from arbiter.logs import get_logger, mask_values
 from arbiter.ports import Clock
 from arbiter.store.changepoints import IngestStats
 from arbiter.store.repositories import Store
@@ -137,9 +137,17 @@ class Poller:
         now = self.clock.now()
         result = PollResult(source=name)
 
+        secrets = secret_values(configured.config.options)
+
+        def hide(text: str) -> str:
+            # a server may echo a refused credential back in its error body
+            return mask_values(text, secrets)
+
         def fetch(what: str, fn: Callable[[], T]) -> T:
             def retrying(exc: BaseException, wait: float) -> None:
-                log.warning("retrying", fetch=what, error=str(exc), wait_seconds=round(wait, 2))
+                log.warning(
+                    "retrying", fetch=what, error=hide(str(exc)), wait_seconds=round(wait, 2)
+                )
 
             return call_with_retries(fn, self.retry, sleep=self.sleep, on_retry=retrying)
 
@@ -160,9 +168,9 @@ class Poller:
                 readings = fetch("carbon", lambda: adapter.fetch_carbon(zones, now=now))
                 result.carbon = self.store.carbon.record(readings, observed_at=now)
         except ProviderError as exc:
-            result.ok, result.error = False, str(exc)
+            result.ok, result.error = False, hide(str(exc))
         except ArbiterError as exc:
-            result.ok, result.error = False, f"{name}: {exc}"
+            result.ok, result.error = False, hide(f"{name}: {exc}")
         result.seconds = time.monotonic() - started
         try:
             if result.ok:
