@@ -592,12 +592,20 @@ def test_the_aws_policy_allows_exactly_the_calls_the_aws_source_makes() -> None:
 
 
 def test_the_aws_source_builds_clients_only_for_the_services_in_the_policy() -> None:
+    # clients come from the shared cache: ``self._clients.get("ec2", region, ...)``
     created = {
         str(node.args[0].value)
         for node in ast.walk(provider_tree("aws"))
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "client"
+        and (
+            node.func.attr == "client"
+            or (
+                node.func.attr == "get"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "_clients"
+            )
+        )
         and node.args
         and isinstance(node.args[0], ast.Constant)
     }
