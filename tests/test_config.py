@@ -136,11 +136,12 @@ def test_a_missing_file_named_explicitly_is_an_error(tmp_path: Path) -> None:
 
 
 def test_an_invalid_database_url_is_not_echoed(tmp_path: Path) -> None:
-    path = write(tmp_path, "[database]\nurl = 42\n")
+    path = write(tmp_path, "[database]\nurl = 4817293\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
     assert err.value.key == "database.url"
-    assert "42" not in str(err.value)
+    # the message names the file (whose temporary path may hold any digits), not the value
+    assert "4817293" not in str(err.value).replace(str(path), "")
 
 
 def test_the_database_url_is_a_secret(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +25,17 @@ WEST4 = Offer(
 WEST1 = Offer(
     provider="gcp", region="europe-west1", instance_type="g2-standard-4", market="on-demand"
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``arbiter plan`` configures logging for its process; in-process CLI runs must
+    not leave that set for the tests after them."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture
