@@ -169,6 +169,7 @@ def _register() -> None:
     cli.add_command(policy.policy)
     cli.add_command(explain.explain)
     cli.add_command(plan.plan_cmd)
+    cli.add_command(__import__("arbiter.cli.backtest", fromlist=["backtest"]).backtest)
 
 
 _register()
