@@ -135,13 +135,22 @@ def cost_per_hour(
     states = _states(evaluator)
     total = 0.0
     missing = []
+    w = evaluator.workload
+    fastest = max(o.tokens_per_second for o in w.gpu_options)
     for p in placements:
         state = states.get(p.offer.key)
         cost = evaluator.cost(state) if state is not None else None
         if cost is None:
             missing.append(p.offer.key)
             continue
-        total += (cost.effective if effective else cost.usd_per_hour) * p.replicas
+        if not effective:
+            total += cost.usd_per_hour * p.replicas
+        elif w.replicas is not None:
+            # as decide ranks a replica count: per unit of throughput, priced as one
+            # replica on the fastest GPU the workload accepts
+            total += cost.effective * fastest / cost.tokens_per_second * p.replicas
+        else:
+            total += cost.effective * p.replicas
     return total, missing
 
 
@@ -411,7 +420,13 @@ def plan(
                 continue
             total = sum(p.replicas for p in move.source)
             max_moved = max(1, math.floor(total * terms.max_disrupted_replicas_pct / 100))
-            target, waves = wave_target(move.source, move.target, max_moved, move.workload)
+            # An evacuation is not split into waves: a wave that kept replicas on the
+            # reclaimed or forbidden offer would be asked of capacity that is gone. It
+            # is still make-before-break: new replicas serve before old ones drain.
+            waves = 1
+            target = move.target
+            if not move.urgent:
+                target, waves = wave_target(move.source, move.target, max_moved, move.workload)
             if waves > 1:
                 move = PlannedMove(
                     move.workload,

@@ -252,3 +252,39 @@ def test_blackout_windows_are_read_in_their_own_time_zone(
 def test_a_bad_blackout_window_is_refused_with_the_reason(text: str) -> None:
     with pytest.raises(ValueError):
         parse_window(text)
+
+
+def test_an_evacuation_moves_every_replica_at_once_not_in_waves() -> None:
+    result = run({WEST4: 1.0, US: 0.5}, (placed(US, 6),), replicas=6)
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and move.wave == (1, 1)
+    assert move.target == (placed(WEST4, 6),)
+
+
+def test_a_replica_count_move_is_judged_per_unit_of_throughput_as_decide_ranks_it() -> None:
+    """Twice the price for 2.5x the throughput is a saving, for decide and the planner."""
+    fast = Offer(provider="gcp", region="europe-west1", instance_type="a3-1g", market="on-demand")
+    w = workload().model_copy(
+        update={
+            "gpu_options": (
+                GpuOption(model="L4", tokens_per_second=400),
+                GpuOption(model="H100", tokens_per_second=1000),
+            )
+        }
+    )
+    snap = MarketSnapshot.make(
+        taken_at=NOW,
+        offers=(
+            state(WEST4, 1.0),
+            OfferState(
+                offer=fast, usd_per_hour=2.0, seen_at=NOW, accelerator="H100", accelerator_count=1
+            ),
+        ),
+        carbon=(),
+    )
+    outcome = decide([w], PolicyBook((policy(),)), snap, CATALOG, NOW)
+    assert {p.offer for p in outcome.decision("chat").placements} == {fast}
+    inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
+    result = plan(inputs, {"chat": Current((placed(WEST4, 3),))}, now=NOW, pending_since={})
+    (move,) = result.moves
+    assert move.kind is MoveKind.MOVE and "(20.0%)" in move.reason
