@@ -122,8 +122,10 @@ def test_a_daemon_steps_down_while_postgresql_is_down_and_leads_again_when_it_is
                 outage = site.events(down_at)
                 assert daemon.poll() is None, "the daemon exited while the store was down"
             finally:
+                # mark the log before the server is back: the daemon may reconnect and
+                # lead again while start_cluster() is still waiting for the server
+                back_at = site.log_size()
                 postgres_server.start_cluster()
-            back_at = site.log_size()
 
             # 80 % of the 5 s lease after the last renewal, noticed by the next job (every
             # second); the margin itself is pinned in test_clock_jumps.py
