@@ -134,10 +134,10 @@ def state(url: str) -> dict[str, Any]:
             "SELECT sum(n_tup_ins), sum(n_tup_upd), sum(n_tup_del), sum(n_tup_hot_upd) "
             "FROM pg_stat_user_tables"
         ).fetchone()
-        out["database counters"] = conn.execute(
-            "SELECT tup_inserted, tup_updated, tup_deleted FROM pg_stat_database "
-            "WHERE datname = current_database()"
-        ).fetchone()
+        # Not pg_stat_database's counters: autovacuum and ANALYZE write to the system
+        # catalogs on their own schedule, which made that comparison flaky in CI. The
+        # user tables' contents, sequences and row counters above are what the CLI
+        # could change.
     return out
 
 
