@@ -21,6 +21,8 @@ BENCHMARKS = {
     "poll_cycle": "bench.poll_cycle",
     "cli_latency": "bench.cli_latency",
     "interruption": "bench.interruption",
+    "solver": "bench.solver",
+    "reconcile": "bench.reconcile",
 }
 
 

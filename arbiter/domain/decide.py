@@ -7,6 +7,7 @@ Pure: ``now`` is an argument; nothing is read or written.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -264,7 +265,10 @@ def decide(
             for c in in_w
         )
         status = solution.workloads[index]
-        reasons: tuple[str, ...] = tuple(status.reasons)
+        reasons: tuple[str, ...] = tuple(
+            _BUDGET_GROUP.sub(lambda m: f"budget of policy {budget_names[int(m[1])]!r}", r)
+            for r in status.reasons
+        )
         if not placements:
             reasons = reasons or ("not placed",)
             if not np.any(problem.col_workload == index):
@@ -293,6 +297,10 @@ def decide(
         columns=len(problem.col_cost),
         evaluators=tuple(evaluators),
     )
+
+
+_BUDGET_GROUP = re.compile(r"\bbudget group (\d+)\b")
+"""The solver numbers budgets; a reason names the policy that sets the budget."""
 
 
 def _exclusion_summary(ev: WorkloadEvaluator) -> tuple[str, ...]:

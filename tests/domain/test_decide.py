@@ -140,3 +140,11 @@ def test_carbon_is_reported_in_grams_per_hour() -> None:
     )
     (d,) = decide([chat()], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
     assert d.carbon_g_per_hour is not None and d.carbon_g_per_hour > 0
+
+
+def test_a_budget_reason_names_the_policy_that_sets_the_budget() -> None:
+    pol = eu_policy(budget={"max_usd_per_hour": 100})
+    snap = snapshot(offer("gcp", "europe-west4", 80))
+    (d,) = decide([chat()], PolicyBook((pol,)), snap, CATALOG, NOW).decisions
+    assert placed(d) == {"gcp:europe-west4": 1}
+    assert d.unplaceable_reasons == ("budget of policy 'eu' exceeded: 1 of 2 replicas placed",)
