@@ -46,7 +46,14 @@ from pydantic import (
 from arbiter.domain.market import CarbonBasis, CarbonReading, CarbonUnit
 from arbiter.errors import BadPayload
 from arbiter.logs import get_logger
-from providers.http import BodyReader, check_response, make_client, translate_transport_errors
+from providers.http import (
+    BodyReader,
+    check_response,
+    make_client,
+    mask_credentials,
+    request_credentials,
+    translate_transport_errors,
+)
 from providers.options import (
     SourceOptions,
     check_timeout,
@@ -122,7 +129,9 @@ class ElectricityMapsSource:
                 zone=zone,
                 endpoint=path,
                 status=status,
-                detail=(error or response.text[:200]).strip(),
+                detail=mask_credentials(
+                    error or response.text, request_credentials(response.request)
+                ),
             )
             return None
         check_response(response, source=self.name)

@@ -124,6 +124,7 @@ from providers.http import (
     check_response,
     make_client,
     require,
+    response_detail,
     retry_after_seconds,
     translate_transport_errors,
 )
@@ -752,10 +753,11 @@ class GcpSource:
                 source=self.name,
             )
         if response.status_code in (401, 403):
-            detail = response.text[:200].strip().replace("\n", " ")
+            detail = response_detail(response)  # never the raw body: it may echo the key
             raise AuthFailed(
                 f"the Cloud Billing API refused the request "
-                f"(HTTP {response.status_code}): {detail}; {_API_KEY_HELP}",
+                f"(HTTP {response.status_code}): {detail or response.reason_phrase}; "
+                f"{_API_KEY_HELP}",
                 source=self.name,
             )
         check_response(response, source=self.name)

@@ -5,22 +5,45 @@ the translation of HTTP failures into arbiter's exception tree.
   connection errors → Unavailable — both temporary, retried by the poller;
 * 401/403 → AuthFailed; any other 4xx, a body that is not JSON, or JSON of the wrong
   shape → BadPayload — not retried.
+
+Error messages quote a failed response's body only as :func:`response_detail` gives it:
+some servers echo back the credentials they were sent (a token, or the base64 of
+``user:password`` from a URL), so every credential the request carried is masked, and a
+refused request (401/403) is described by the API's own short message at most, never by
+its raw body.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 
 from arbiter.errors import AuthFailed, BadPayload, Throttled, Unavailable
+from arbiter.logs import mask_secrets_in_text
 
 USER_AGENT = "arbiter/0.1 (+https://github.com/arbiter)"
+
+MAX_DETAIL_CHARS = 200
+"""How much of a failed response's body an error message quotes."""
+
+_CREDENTIAL_NAME = re.compile(
+    r"auth|token|key|secret|passw|credential|cookie|session|signature|sig$", re.I
+)
+"""Headers and query parameters whose values are credentials (``Authorization``,
+``auth-token``, ``X-Goog-Api-Key``, ``?key=``, ...)."""
+_MIN_CREDENTIAL_CHARS = 4
+"""Shorter values are not masked: replacing every "abc" in a message would garble it."""
+_MESSAGE_KEYS = ("message", "error_description", "detail", "error", "title")
 
 
 def make_client(
@@ -57,12 +80,83 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def request_credentials(request: httpx.Request) -> set[str]:
+    """Every credential ``request`` carried: the values of credential headers (and the
+    part after ``Basic``/``Bearer``), the ``user:password`` and password inside a Basic
+    header, the password of the URL's userinfo, and credential query parameters."""
+    found: set[str] = set()
+    for name, value in request.headers.items():
+        if not _CREDENTIAL_NAME.search(name):
+            continue
+        found.add(value)
+        scheme, _, token = value.partition(" ")
+        token = token.strip()
+        found.add(token)
+        if scheme.lower() == "basic" and token:
+            try:
+                pair = base64.b64decode(token, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            found.update((pair, pair.partition(":")[2]))
+    url = request.url
+    if url.password:
+        found.update((url.password, url.userinfo.decode("ascii", "replace").partition(":")[2]))
+    for name, value in url.params.multi_items():
+        if _CREDENTIAL_NAME.search(name):
+            found.add(value)
+    return {c for c in found if len(c) >= _MIN_CREDENTIAL_CHARS}
+
+
+def mask_credentials(
+    text: str, credentials: Iterable[str], *, limit: int = MAX_DETAIL_CHARS
+) -> str:
+    """``text`` on one line, at most ``limit`` characters, with every credential masked
+    as ``***`` — also percent-encoded or JSON-escaped, and passwords in URLs — before it
+    is cut (a cut must not leave half a credential behind)."""
+    forms: set[str] = set()
+    for credential in credentials:
+        forms.update((credential, quote(credential, safe=""), credential.replace("/", "\\/")))
+    longest = max((len(f) for f in forms), default=0)
+    text = text[: 16 * limit + longest]
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    text = " ".join(mask_secrets_in_text(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _api_message(response: httpx.Response) -> str | None:
+    """The API's own error message in a JSON body (``message``, ``error``,
+    ``error.message``, ...), if there is one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    for candidate in (body, body.get("error") if isinstance(body, dict) else None):
+        if isinstance(candidate, dict):
+            for key in _MESSAGE_KEYS:
+                if isinstance(candidate.get(key), str) and candidate[key].strip():
+                    return str(candidate[key])
+    return None
+
+
+def response_detail(response: httpx.Response) -> str:
+    """What a failed response says, for an error message, with every credential the
+    request carried masked: the start of the body, or for a refused request (401/403)
+    only the API's own error message from a JSON body (else nothing) — the raw body of a
+    refusal is where servers echo back the credentials they were sent."""
+    credentials = request_credentials(response.request)
+    if response.status_code in (401, 403):
+        message = _api_message(response)
+        return mask_credentials(message, credentials) if message else ""
+    return mask_credentials(response.text, credentials)
+
+
 def check_response(response: httpx.Response, *, source: str) -> None:
     """Raise the project's error for a failed response; return for 2xx."""
     status = response.status_code
     if 200 <= status < 300:
         return
-    detail = response.text[:200].strip().replace("\n", " ")
+    detail = response_detail(response)
     where = f"{response.request.method} {response.request.url.path}: HTTP {status}"
     if status == 429:
         raise Throttled(
@@ -71,7 +165,10 @@ def check_response(response: httpx.Response, *, source: str) -> None:
             retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     if status in (401, 403):
-        raise AuthFailed(f"{where}: credentials refused: {detail}", source=source)
+        because = f": {detail}" if detail else ""
+        if not detail and response.reason_phrase:
+            because = f" ({response.reason_phrase})"
+        raise AuthFailed(f"{where}: credentials refused{because}", source=source)
     if status >= 500:
         raise Unavailable(f"{where}: {detail}", source=source)
     raise BadPayload(f"{where}: {detail}", source=source)

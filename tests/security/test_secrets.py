@@ -289,11 +289,6 @@ def test_config_show_masks_every_kind_of_secret(tmp_path: Path, echo: int) -> No
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="providers/http.py check_response quotes the body of a 401/403; a server that "
-    "echoes the Basic credentials it got (base64 of user:password from a URL) leaks them",
-)
 def test_a_credential_a_server_echoes_back_encoded_is_not_shown_either(
     tmp_path: Path, echo: int
 ) -> None:
