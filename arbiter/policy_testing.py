@@ -3,18 +3,31 @@ they name, and run every case through :mod:`arbiter.domain.policy_tests`.
 
 A test file that cannot be read or validated is reported with ``file:line:col`` and
 counts as failed; so does a case that cannot run. Nothing is written anywhere.
+
+The files a test file names are read only from inside the tree it belongs to (see
+:func:`tree_root`): ``arbiter policy test`` runs in CI on pull requests, and a test file
+naming ``/etc/...``, ``../../../home/...`` or a symbolic link out of the repository
+would have it read (and quote) files the pull request cannot see otherwise. The
+snapshot must be a regular file of at most :data:`MAX_SNAPSHOT_BYTES` (``/dev/zero``
+would be read until memory runs out).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from arbiter.domain.evaluation import PolicyBook
-from arbiter.domain.policy_files import InvalidPolicyFiles, PolicyFinding, model_from_document
+from arbiter.domain.policy_files import (
+    Document,
+    InvalidPolicyFiles,
+    PolicyFinding,
+    model_from_document,
+)
 from arbiter.domain.policy_tests import CaseResult, PolicyTestFile, run_case
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
@@ -22,11 +35,15 @@ from arbiter.errors import PolicyError
 from arbiter.policy_loader import (
     DEFAULT_POLICY_PATH,
     _discover,
+    _File,
     _read,
     load_policies,
     load_workloads,
     parse_documents,
 )
+
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+"""A snapshot file larger than this (64 MiB) is refused unread."""
 
 
 @dataclass
@@ -57,22 +74,113 @@ class TestRun:
 
 
 def load_snapshot_file(path: Path) -> MarketSnapshot:
-    """A snapshot file; errors name the file and the field."""
+    """A snapshot file; errors name the file and the field. A path that is not a regular
+    file (a FIFO would block the read, a device never end) or is larger than
+    :data:`MAX_SNAPSHOT_BYTES` is refused unread."""
     from pydantic import ValidationError
 
+    def refused(message: str) -> PolicyError:
+        return PolicyError(message, source=str(path))
+
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise PolicyError(f"cannot read snapshot: {reason}", source=str(path)) from None
+        raise refused(f"cannot read snapshot: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refused("cannot read snapshot: not a regular file")
+        if info.st_size > MAX_SNAPSHOT_BYTES:
+            raise refused(f"snapshot {_too_big(info.st_size)}")
+        try:
+            data = handle.read(MAX_SNAPSHOT_BYTES + 1)
+        except OSError as exc:
+            raise refused(f"cannot read snapshot: {exc.strerror or exc}") from None
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise refused(f"snapshot {_too_big(len(data))}")
     try:
-        return MarketSnapshot.model_validate_json(text)
+        return MarketSnapshot.model_validate_json(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])
         raise PolicyError(
             f"not a market snapshot: {err['msg']}", source=str(path), field=where or None
         ) from None
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"is larger than {MAX_SNAPSHOT_BYTES} bytes (the limit is 64 MiB; "
+        f"it has {size}); refused unread"
+    )
+
+
+def tree_root(given: str | os.PathLike[str]) -> Path:
+    """The tree whose files the policy tests under ``given`` may name: the git work tree
+    that holds ``given``; outside one, the current directory if it holds ``given`` (and
+    is not ``/``); else ``given`` itself (a directory, or the directory of a file).
+    Symbolic links resolved."""
+    real = Path(given).resolve()
+    start = real if real.is_dir() else real.parent
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    here = Path.cwd().resolve()
+    if here != Path(here.anchor) and real.is_relative_to(here):
+        return here
+    return start
+
+
+def _named_file(
+    name: str,
+    *,
+    test_file: str,
+    doc: Document,
+    at: tuple[str | int, ...],
+    root: Path,
+    directory_ok: bool = False,
+) -> Path:
+    """``name``, relative to ``test_file``, once it is known to lead to a file inside
+    ``root`` (or a directory, with ``directory_ok``) — a file that does not exist is left
+    to the reader to report. Raises a PolicyFinding naming the test file and the field."""
+    where = doc.positions.value(at)
+    field = ".".join(str(part) for part in at[:1]) + "".join(f"[{i}]" for i in at[1:])
+
+    def refuse(message: str, hint: str | None = None) -> PolicyFinding:
+        return PolicyFinding(
+            message,
+            source=test_file,
+            line=where.line,
+            column=where.column,
+            field=field,
+            hint=hint,
+        )
+
+    path = Path(test_file).parent / name
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+        raise refuse(f"cannot resolve {name!r}: {exc}") from None
+    if not real.is_relative_to(root):
+        raise refuse(
+            f"{name!r} leads out of {root} (to {real}); refused unread",
+            hint="name files inside the tree the test file belongs to, relative to it",
+        )
+    try:
+        info = real.stat()
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise refuse(f"cannot read {name!r}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode) and directory_ok:
+        return path
+    if not stat.S_ISREG(info.st_mode):
+        expected = "a file or directory" if directory_ok else "a snapshot file"
+        raise refuse(f"{name!r} is not a regular file; expected {expected}")
+    if not directory_ok and info.st_size > MAX_SNAPSHOT_BYTES:
+        raise refuse(f"{name!r} {_too_big(info.st_size)}")
+    return path
 
 
 def _finding(exc: PolicyError) -> PolicyFinding:
@@ -88,9 +196,14 @@ def run_tests(
     catalog: RegionCatalog | None = None,
     policy_paths: Iterable[str | os.PathLike[str]] | None = None,
     only: str | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> TestRun:
     """Run every test file under ``paths`` against the policies under ``policy_paths``
-    (default: the same paths). ``only`` keeps the cases whose name contains it."""
+    (default: the same paths). ``only`` keeps the cases whose name contains it.
+
+    The snapshot and workloads a test file names must be inside ``root`` (default: the
+    :func:`tree_root` of the path it was found under); one that is not is a finding on
+    that test file, naming the field, and the other test files still run."""
     from arbiter.catalog import load_catalog
 
     paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
@@ -106,8 +219,16 @@ def run_tests(
     book = PolicyBook(policy_set.policies, rule_origins=policy_set.rule_origins)
     names = {p.metadata.name for p in policy_set.policies}
 
-    files, problems = _discover(paths, tests=True)
-    run.findings.extend(problems)
+    files: list[tuple[_File, Path]] = []
+    seen: set[Path] = set()
+    for given in paths:
+        discovered, problems = _discover([given], tests=True)
+        run.findings.extend(problems)
+        tree = Path(root).resolve() if root is not None else tree_root(given)
+        for test in discovered:
+            if test.path not in seen:  # the same file reached twice is run once
+                seen.add(test.path)
+                files.append((test, tree))
     if not files and not problems:
         run.findings.append(
             PolicyFinding(
@@ -116,7 +237,7 @@ def run_tests(
             )
         )
     snapshots: dict[Path, MarketSnapshot] = {}
-    for file in files:
+    for file, tree in files:
         result = FileResult(file.source)
         run.files.append(result)
         data, problem = _read(file)
@@ -148,12 +269,30 @@ def run_tests(
                 )
             )
             continue
-        base = Path(file.source).parent
+        doc = docs[0]
         try:
-            snap_path = (base / spec.snapshot).resolve()
+            snapshot_file = _named_file(
+                spec.snapshot, test_file=file.source, doc=doc, at=("snapshot",), root=tree
+            )
+            workload_files = [
+                _named_file(
+                    w,
+                    test_file=file.source,
+                    doc=doc,
+                    at=("workloads", i),
+                    root=tree,
+                    directory_ok=True,
+                )
+                for i, w in enumerate(spec.workloads)
+            ]
+        except PolicyFinding as exc:
+            result.findings.append(exc)
+            continue
+        try:
+            snap_path = snapshot_file.resolve()
             if snap_path not in snapshots:
-                snapshots[snap_path] = load_snapshot_file(base / spec.snapshot)
-            workload_set = load_workloads([base / w for w in spec.workloads])
+                snapshots[snap_path] = load_snapshot_file(snapshot_file)
+            workload_set = load_workloads(workload_files)
         except PolicyError as exc:
             result.findings.append(_finding(exc))
             continue

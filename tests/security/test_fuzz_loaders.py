@@ -180,7 +180,7 @@ def test_random_policy_test_files_fail_at_the_file_and_never_raise(
         (tree / "eu-llm-inference.test.yaml").unlink()
         hostile = tree / "fuzz.test.yaml"
         hostile.write_bytes(raw if raw is not None else dump([document]))
-        run = run_tests([tree], today=TODAY, catalog=CATALOG)
+        run = run_tests([tree], today=TODAY, catalog=CATALOG, root=directory)
         (result,) = run.files
         assert result.source == str(hostile)
         if not result.passed:

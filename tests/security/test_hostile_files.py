@@ -172,13 +172,15 @@ def test_the_daemons_reload_refuses_a_hostile_set_logs_each_file_and_keeps_its_o
 
 def policy_tree(tmp_path: Path) -> Path:
     """A copy of tests/data/policies/good with its workloads and snapshot: one valid
-    policy, one passing test file."""
+    policy, one passing test file. The tree its test files may name files in is
+    ``tmp_path`` (``root=``): it is in no git work tree, nor in the current directory."""
     import shutil
 
     shutil.copytree(DATA / "good", tmp_path / "policies" / "good")
     shutil.copytree(DATA / "workloads", tmp_path / "policies" / "workloads")
     shutil.copytree(DATA.parent / "snapshots", tmp_path / "snapshots")
-    assert run_tests([tmp_path / "policies" / "good"], today=TODAY, catalog=CATALOG).passed
+    tree = tmp_path / "policies" / "good"
+    assert run_tests([tree], today=TODAY, catalog=CATALOG, root=tmp_path).passed
     return tmp_path / "policies" / "good"
 
 
@@ -192,7 +194,7 @@ def test_a_hostile_policy_test_file_fails_by_name_and_the_others_still_run(
     if kind in ("wrong-types", "unknown-key"):
         content, says = b"policy: eu-llm-inference\nsnapshot: 7\ncases: {a: 1}\n", "cases"
     hostile.write_bytes(content)
-    run = run_tests([tree], today=TODAY, catalog=CATALOG)
+    run = run_tests([tree], today=TODAY, catalog=CATALOG, root=tmp_path)
     assert not run.passed
     (bad,) = [f for f in run.files if f.source == str(hostile)]
     assert bad.findings and any(says in str(f) for f in bad.findings), bad.findings
@@ -200,10 +202,10 @@ def test_a_hostile_policy_test_file_fails_by_name_and_the_others_still_run(
     assert good.passed and good.cases, "the valid test file still ran"
 
 
-# Paths a policy test file names (its snapshot, its workloads) are read as given: a pull
-# request can make `arbiter policy test` in CI read any file the runner can — and a
-# device such as /dev/zero is read until memory runs out. Reported; not fixed here
-# (arbiter/policy_testing.py). These pin the expected behaviour for the fix.
+# Paths a policy test file names (its snapshot, its workloads) must lead inside the tree
+# it belongs to: a pull request must not make `arbiter policy test` in CI read any file
+# the runner can. A snapshot must be a regular file of bounded size: a device such as
+# /dev/zero would be read until memory runs out.
 ESCAPES = {
     "snapshot-absolute": "snapshot: /etc/hostname\n",
     "snapshot-dotdot": "snapshot: ../../../../../../../../../../etc/hostname\n",
@@ -211,7 +213,6 @@ ESCAPES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="policy test files may name files outside the tree")
 @pytest.mark.parametrize("kind", sorted(ESCAPES))
 def test_a_policy_test_file_naming_a_path_out_of_the_tree_is_refused_naming_the_field(
     tmp_path: Path, kind: str
@@ -223,19 +224,19 @@ def test_a_policy_test_file_naming_a_path_out_of_the_tree_is_refused_naming_the_
         + ESCAPES[kind]
         + "cases:\n  - name: x\n    workload: chat-api\n    expect: {unplaceable: false}\n"
     )
-    run = run_tests([tree], today=TODAY, catalog=CATALOG)
+    run = run_tests([tree], today=TODAY, catalog=CATALOG, root=tmp_path)
     (bad,) = [f for f in run.files if f.source == str(hostile)]
     field = kind.split("-")[0]
     assert any(f.source == str(hostile) and (f.field or "").startswith(field) for f in bad.findings)
 
 
-@pytest.mark.xfail(strict=True, reason="a policy test's snapshot is read without a size limit")
 @pytest.mark.timeout(60)
 def test_a_policy_test_file_naming_a_device_as_its_snapshot_fails_cleanly(
     tmp_path: Path,
 ) -> None:
     """Run in a child process whose address space is capped at 2 GiB: it must end with a
-    clean error, not read /dev/zero until the cap kills it."""
+    clean error, not read /dev/zero until the cap kills it. It runs in ``tmp_path``,
+    the tree the test files may name files in (it is in no git work tree)."""
     tree = policy_tree(tmp_path)
     (tree / "zero.test.yaml").write_text(
         "policy: eu-llm-inference\nsnapshot: /dev/zero\n"
@@ -248,11 +249,100 @@ def test_a_policy_test_file_naming_a_device_as_its_snapshot_fails_cleanly(
         capture_output=True,
         text=True,
         timeout=50,
-        cwd=ROOT,
+        cwd=tmp_path,
         check=False,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-500:]
     assert "zero.test.yaml" in result.stdout + result.stderr
+    assert "PASS" in result.stdout, "the other test file still ran"
+
+
+def write_test_file(tree: Path, name: str, snapshot: str, workloads: str = "") -> Path:
+    path = tree / name
+    path.write_text(
+        f"policy: eu-llm-inference\nsnapshot: {snapshot}\n{workloads}"
+        "cases:\n  - name: x\n    workload: chat-api\n    expect: {unplaceable: false}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("where", ["snapshot", "workloads"])
+def test_a_symbolic_link_in_the_tree_leading_out_of_it_is_refused_naming_the_field(
+    tmp_path: Path, where: str
+) -> None:
+    tree = policy_tree(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "s.json").write_text("{}")
+    (tmp_path / "snapshots" / "link.json").symlink_to(outside / "s.json")
+    (tmp_path / "policies" / "link").symlink_to(outside, target_is_directory=True)
+    hostile = write_test_file(
+        tree,
+        "link.test.yaml",
+        "../../snapshots/link.json" if where == "snapshot" else "../../snapshots/eu-small.json",
+        "workloads: [../workloads, ../link]\n" if where == "workloads" else "",
+    )
+
+    run = run_tests([tree], today=TODAY, catalog=CATALOG, root=tmp_path)
+
+    (bad,) = [f for f in run.files if f.source == str(hostile)]
+    (finding,) = bad.findings
+    assert finding.field == ("snapshot" if where == "snapshot" else "workloads[1]")
+    assert "leads out of" in finding.message and finding.line == (2 if where == "snapshot" else 3)
+    assert [f.passed for f in run.files if f is not bad] == [True]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "oversized"])
+def test_a_snapshot_in_the_tree_that_is_not_a_small_regular_file_is_refused_unread(
+    tmp_path: Path, kind: str
+) -> None:
+    from arbiter.policy_testing import MAX_SNAPSHOT_BYTES
+
+    tree = policy_tree(tmp_path)
+    snapshot = tmp_path / "snapshots" / "odd.json"
+    if kind == "fifo":
+        os.mkfifo(snapshot)  # reading it would block forever
+    elif kind == "directory":
+        snapshot.mkdir()
+    else:
+        with snapshot.open("wb") as handle:  # sparse: no disk space used
+            handle.truncate(MAX_SNAPSHOT_BYTES + 1)
+    hostile = write_test_file(tree, "odd.test.yaml", "../../snapshots/odd.json")
+
+    run = run_tests([tree], today=TODAY, catalog=CATALOG, root=tmp_path)
+
+    (bad,) = [f for f in run.files if f.source == str(hostile)]
+    (finding,) = bad.findings
+    assert finding.field == "snapshot" and finding.source == str(hostile)
+    says = "larger than 67108864 bytes" if kind == "oversized" else "not a regular file"
+    assert says in finding.message
+
+
+def test_a_policy_test_may_name_any_file_in_the_git_work_tree_it_is_in(tmp_path: Path) -> None:
+    from arbiter.policy_testing import tree_root
+
+    policy_tree(tmp_path)
+    (tmp_path / ".git").mkdir()  # all tree_root looks for
+
+    assert tree_root(tmp_path / "policies" / "good") == tmp_path
+    assert run_tests([tmp_path / "policies" / "good"], today=TODAY, catalog=CATALOG).passed
+
+
+def test_outside_a_git_work_tree_the_tree_is_the_current_directory_or_the_path_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arbiter.policy_testing import tree_root
+
+    tree = policy_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert tree_root("policies/good") == tmp_path.resolve()
+    assert run_tests(["policies/good"], today=TODAY, catalog=CATALOG).passed
+
+    monkeypatch.chdir(tmp_path / "snapshots")
+    assert tree_root(tree) == tree.resolve()
+    run = run_tests([tree], today=TODAY, catalog=CATALOG)
+    (finding,) = run.files[0].findings
+    assert finding.field == "snapshot" and "leads out of" in finding.message
 
 
 # -- the config file ----------------------------------------------------------------------
