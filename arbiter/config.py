@@ -495,6 +495,19 @@ def is_embedded(settings: Settings) -> bool:
     return not settings.sources
 
 
+def default_kill_switch_file() -> Path | None:
+    """``kill-switch`` in the data directory, next to the embedded SQLite default; None
+    when there is no home or data directory to hold it (a daemon on PostgreSQL under a
+    user without a home): then only ``daemon.kill_switch_file`` gives one."""
+    from arbiter.errors import StoreError
+    from arbiter.store.db import default_sqlite_path
+
+    try:
+        return default_sqlite_path().parent / "kill-switch"
+    except StoreError:
+        return None
+
+
 def effective_settings(settings: Settings) -> Settings:
     """Settings with the embedded default filled in where nothing was configured.
 
@@ -513,11 +526,9 @@ def effective_settings(settings: Settings) -> Settings:
     if embedded and "mode" not in settings.daemon.model_fields_set:
         daemon["mode"] = Mode.ENFORCE
     if settings.daemon.kill_switch_file is None:
-        from arbiter.errors import StoreError
-        from arbiter.store.db import default_sqlite_path
-
-        with contextlib.suppress(StoreError):  # no home directory: no default file
-            daemon["kill_switch_file"] = default_sqlite_path().parent / "kill-switch"
+        kill_switch = default_kill_switch_file()
+        if kill_switch is not None:
+            daemon["kill_switch_file"] = kill_switch
     if daemon:
         updates["daemon"] = settings.daemon.model_copy(update=daemon)
     return settings.model_copy(update=updates) if updates else settings

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -46,6 +47,13 @@ from arbiter.systemd import Notifier
 LEADER_LEASE = "leader"
 LEASE_SAFETY = 0.8
 """A leader acts only within this share of its lease after the last renewal."""
+
+
+def echo_sql() -> None:
+    """``database.echo``: log every SQL statement (and its parameters) the daemon sends,
+    through the standard logging module to the log stream, like the other libraries'
+    logs. (SQLAlchemy's own ``echo=True`` would print each one to standard output too.)"""
+    logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.INFO)
 
 
 def default_daemon_name() -> str:
@@ -279,20 +287,27 @@ class Daemon:
             self.log.info("policies reloaded", revision=state.revision, previous=before)
 
     def add_reconcile_job(self) -> None:
-        from arbiter.config import effective_source_configs
+        from arbiter.config import default_kill_switch_file, effective_source_configs
         from arbiter.executors import make_executor
         from arbiter.migrator import Migrator
         from arbiter.reconcile import Reconciler
-        from arbiter.store.db import default_sqlite_path
 
         conf = self.settings.executor
         executor = make_executor(conf.kind, self.clock, conf.options)
         migrator = Migrator(self.store, executor, executor, self.clock, actor=self.name)
         daemon = self.settings.daemon
         if daemon.kill_switch_file is None:
-            kill = default_sqlite_path().parent / "kill-switch"
-            daemon = daemon.model_copy(update={"kill_switch_file": kill})
-            self.settings = self.settings.model_copy(update={"daemon": daemon})
+            kill = default_kill_switch_file()
+            if kill is None:
+                # no home or data directory (a PostgreSQL daemon needs neither): run
+                # without a default kill switch rather than refuse to start
+                self.log.warning(
+                    "no kill switch file: there is no data directory to hold the default; "
+                    "set daemon.kill_switch_file to have one"
+                )
+            else:
+                daemon = daemon.model_copy(update={"kill_switch_file": kill})
+                self.settings = self.settings.model_copy(update={"daemon": daemon})
         stale = {
             name: c.stale_after
             for name, c in effective_source_configs(self.settings.sources).items()
@@ -315,7 +330,7 @@ class Daemon:
             executor=conf.kind,
             mode=daemon.mode.value,
             every_seconds=daemon.reconcile_seconds,
-            kill_switch_file=str(daemon.kill_switch_file),
+            kill_switch_file=str(daemon.kill_switch_file) if daemon.kill_switch_file else None,
         )
 
     def add_interruption_jobs(self) -> None:
@@ -416,6 +431,8 @@ class Daemon:
     ) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        if self.settings.database.echo:
+            echo_sql()
         self.prepare_store()
         self.try_lead()
         self._scheduler = BackgroundScheduler(timezone="UTC")

@@ -10,13 +10,16 @@ One :meth:`Reconciler.tick`:
 3. decides every workload at once and records each decision that differs from the
    workload's last one (the decision log ``arbiter decisions`` and ``explain`` read);
 4. plans against what runs (the store's placements) and the migrations in flight;
-5. acts by mode — ``observe`` and ``recommend``: planned moves are logged ("would
-   migrate", with the reason and target; ``arbiter plan`` shows the same plan) and
-   nothing runs; ``enforce``: planned moves start as
-   migrations — globally (``[daemon] mode``) or per workload (``[daemon]
-   workload_modes``); the kill switch (a file, ``[daemon] kill_switch_file``) stops
-   new migrations and parks the ones in flight where they are;
-6. drives every unfinished migration one step further (also after a restart).
+5. acts by mode, globally (``[daemon] mode``) or per workload (``[daemon]
+   workload_modes``) — ``observe``: the workload is decided and its decision recorded,
+   and it is left out of the plan (no move, no hold, no planner memory);
+   ``recommend``: it is planned, and each planned move is logged ("would migrate",
+   with the reason, source and target; ``arbiter plan`` shows the same plan) and
+   nothing runs; ``enforce``: planned moves start as migrations. The kill switch (a
+   file, ``[daemon] kill_switch_file``) stops new migrations and parks the ones in
+   flight where they are;
+6. drives every unfinished migration one step further (also after a restart), in
+   every mode.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from arbiter.domain.evaluation import PolicyBook
 from arbiter.domain.fleet import InterruptionNotice
 from arbiter.domain.market import Offer
 from arbiter.domain.migrations import Migration, MigrationState
-from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, plan
+from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, PlannedMove, plan
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.workloads import Workload
+from arbiter.errors import unknown_name_message
 from arbiter.logs import get_logger
 from arbiter.migrator import Migrator, last_migrations, placements_from_store
 from arbiter.ports import Clock
@@ -92,6 +96,8 @@ class TickResult:
     skipped: str | None = None
     recorded: int = 0
     """Decisions recorded (those that changed)."""
+    recommended: list[PlannedMove] = field(default_factory=list)
+    """Planned moves only logged (``recommend`` mode, or the kill switch)."""
 
 
 class Reconciler:
@@ -164,9 +170,21 @@ class Reconciler:
                 policies=len(policies.policies),
                 workloads=len(workloads.workloads),
             )
+            self._check_workload_modes(state.workloads)
             state.changed = True
         self.policy = state
         return state
+
+    def _check_workload_modes(self, workloads: tuple[Workload, ...]) -> None:
+        """Warn about each ``daemon.workload_modes`` entry that names no workload: a
+        mistyped name would otherwise leave its workload in the global mode unnoticed."""
+        known = [w.name for w in workloads]
+        for name in sorted(set(self.settings.daemon.workload_modes) - set(known)):
+            self.log.warning(
+                "daemon.workload_modes names no workload: its mode is not applied",
+                workload=name,
+                detail=unknown_name_message("workload", name, known),
+            )
 
     # ---------------------------------------------------------------------- tick
 
@@ -218,10 +236,19 @@ class Reconciler:
         )
 
     def assess(
-        self, now: datetime, *, snapshot: MarketSnapshot | None = None, strict: bool = False
+        self,
+        now: datetime,
+        *,
+        snapshot: MarketSnapshot | None = None,
+        strict: bool = False,
+        plan_observed: bool = True,
     ) -> Assessment | None:
         """Decide and plan without acting or writing: what ``arbiter plan`` shows and
-        what a tick then acts on. None when no valid policies are loaded yet."""
+        what a tick then acts on. None when no valid policies are loaded yet.
+
+        Every workload is decided. ``plan_observed=False`` (the tick) leaves the
+        workloads in ``observe`` mode out of the plan — including running ones no longer
+        in the workload files, which would otherwise be released."""
         state = self.reload(strict=strict)
         if state is None:
             return None
@@ -233,6 +260,10 @@ class Reconciler:
         unfinished = self.store.migrations.unfinished()
         busy = {m.workload for m in unfinished}
         last = last_migrations(self.store.migrations.recent(limit=500))
+
+        def planned(name: str) -> bool:
+            return plan_observed or self.mode_for(name) is not Mode.OBSERVE
+
         current = {
             name: Current(
                 placements=running.get(name, ()),
@@ -246,9 +277,12 @@ class Reconciler:
                 ),
             )
             for name in set(running) | busy | {w.name for w in state.workloads}
+            if planned(name)
         }
         inputs = [
-            Inputs(w, outcome.decision(w.name), outcome.evaluator(w.name)) for w in state.workloads
+            Inputs(w, outcome.decision(w.name), outcome.evaluator(w.name))
+            for w in state.workloads
+            if planned(w.name)
         ]
         result = plan(
             inputs,
@@ -261,7 +295,7 @@ class Reconciler:
 
     def tick(self) -> TickResult:
         now = self.clock.now()
-        a = self.assess(now)
+        a = self.assess(now, plan_observed=False)
         if a is None:
             return TickResult(None, None, [], skipped="no valid policies and workloads yet")
         state, outcome, result, unfinished = a.policy, a.outcome, a.plan, a.unfinished
@@ -275,19 +309,22 @@ class Reconciler:
             self.log.debug("held", workload=hold.workload, gate=hold.gate.value, detail=hold.detail)
 
         started: list[str] = []
+        recommended: list[PlannedMove] = []
         killed = self.kill_switch()
         for move in result.moves:
-            mode = self.mode_for(move.workload)
+            mode = self.mode_for(move.workload)  # never observe: those are not planned
             if killed or mode is not Mode.ENFORCE:
                 self.log.info(
-                    "would migrate" if not killed else "kill switch: not migrating",
+                    "would migrate" if mode is not Mode.ENFORCE else "kill switch: not migrating",
                     workload=move.workload,
                     kind=move.kind.value,
                     mode=mode.value,
                     urgent=move.urgent,
                     reason=move.reason,
+                    source=[f"{p.offer.key}×{p.replicas}" for p in move.source],
                     target=[f"{p.offer.key}×{p.replicas}" for p in move.target],
                 )
+                recommended.append(move)
                 continue
             if self.migrator is None:
                 continue
@@ -303,7 +340,7 @@ class Reconciler:
             self.migrator.run_pending(
                 by_name, max_steps=self.settings.daemon.migration_steps_per_tick
             )
-        return TickResult(outcome, result, started, recorded=recorded)
+        return TickResult(outcome, result, started, recorded=recorded, recommended=recommended)
 
     def _record(self, outcome: Outcome) -> int:
         """Record each decision that differs from the workload's last one."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from arbiter.catalog import load_catalog
 from arbiter.config import Mode, Settings
 from arbiter.domain.market import InstanceType, Offer, PriceQuote
@@ -53,7 +51,13 @@ spec:
 
 
 class World:
-    def __init__(self, store: Store, tmp: Path, mode: Mode = Mode.ENFORCE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tmp: Path,
+        mode: Mode = Mode.ENFORCE,
+        workload_modes: dict[str, str] | None = None,
+    ) -> None:
         self.store = store
         self.clock = FakeClock(NOW)
         self.cloud = FakeExecutor(self.clock, warmup=timedelta(seconds=10))
@@ -64,7 +68,11 @@ class World:
         (tmp / "workloads" / "chat.yaml").write_text(WORKLOAD)
         settings = Settings.model_validate(
             {
-                "daemon": {"mode": mode.value, "kill_switch_file": str(tmp / "KILL")},
+                "daemon": {
+                    "mode": mode.value,
+                    "kill_switch_file": str(tmp / "KILL"),
+                    "workload_modes": workload_modes or {},
+                },
                 "policies": {
                     "paths": [str(tmp / "policies")],
                     "workloads": [str(tmp / "workloads")],
@@ -72,6 +80,7 @@ class World:
             }
         )
         self.kill = tmp / "KILL"
+        self.workload_file = tmp / "workloads" / "chat.yaml"
         store.instance_types.upsert(
             [
                 InstanceType(
@@ -136,17 +145,79 @@ def test_observe_records_decisions_and_changes_nothing(store: Store, tmp_path: P
     assert store.migrations.recent() == [] and world.cloud.groups() == []
 
 
-def test_recommend_plans_but_executes_nothing(
-    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_observe_does_not_plan(store: Store, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    world = World(store, tmp_path, Mode.OBSERVE)
+    world.prices(west4=1.0)
+    with capture_logs() as logs:
+        result = world.tick()
+    assert result.outcome is not None and result.outcome.decision("chat").placed
+    assert result.plan.moves == () and result.plan.holds == ()
+    assert result.recommended == []
+    assert [e for e in logs if e["event"] == "would migrate"] == []
+    assert store.pending.all() == {}
+
+
+def test_recommend_plans_and_logs_each_move_but_executes_nothing(
+    store: Store, tmp_path: Path
 ) -> None:
     from structlog.testing import capture_logs
 
     world = World(store, tmp_path, Mode.RECOMMEND)
     world.prices(west4=1.0)
     with capture_logs() as logs:
-        world.tick()
-    assert any(e["event"] == "would migrate" and e["workload"] == "chat" for e in logs)
+        result = world.tick()
+    (logged,) = [e for e in logs if e["event"] == "would migrate"]
+    assert logged["workload"] == "chat" and logged["mode"] == "recommend"
+    assert logged["kind"] == "place" and logged["source"] == []
+    assert logged["target"] == [f"{WEST4.key}×2"]
+    assert [m.workload for m in result.recommended] == ["chat"]
+    assert store.migrations.recent() == [] and world.cloud.groups() == []
+
+
+def test_a_workload_in_observe_mode_is_not_planned_while_the_others_are_enforced(
+    store: Store, tmp_path: Path
+) -> None:
+    world = World(store, tmp_path, Mode.ENFORCE, workload_modes={"chat": "observe"})
+    world.prices(west4=1.0)
+    result = world.tick(3)
+    assert result.plan.moves == () and result.recommended == []
     assert store.migrations.recent() == []
+    assert store.decisions.latest("chat") is not None
+
+
+def test_observe_does_not_release_a_running_workload_removed_from_the_files(
+    store: Store, tmp_path: Path
+) -> None:
+    world = World(store, tmp_path)
+    world.prices(west4=1.0)
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+    daemon = world.reconciler.settings.daemon.model_copy(update={"mode": Mode.OBSERVE})
+    world.reconciler.settings = world.reconciler.settings.model_copy(update={"daemon": daemon})
+    world.workload_file.unlink()
+    migrations = len(store.migrations.recent())
+    result = world.tick(3)
+    assert result.plan.moves == ()
+    assert len(store.migrations.recent()) == migrations
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+
+
+def test_a_workload_modes_entry_naming_no_workload_is_logged_with_a_suggestion(
+    store: Store, tmp_path: Path
+) -> None:
+    from structlog.testing import capture_logs
+
+    world = World(store, tmp_path, Mode.OBSERVE, workload_modes={"chta": "enforce"})
+    world.prices(west4=1.0)
+    with capture_logs() as logs:
+        world.tick(2)
+    warnings = [e for e in logs if e["event"].startswith("daemon.workload_modes names no")]
+    assert len(warnings) == 1  # once per policy set, not every pass
+    assert warnings[0]["log_level"] == "warning" and warnings[0]["workload"] == "chta"
+    assert "did you mean 'chat'?" in warnings[0]["detail"]
+    assert store.migrations.recent() == []  # the mistyped entry enforces nothing
 
 
 def test_the_kill_switch_stops_new_migrations(store: Store, tmp_path: Path) -> None:

@@ -1,0 +1,111 @@
+"""The daemon's start-up: without a home directory, and with ``database.echo``."""
+
+from __future__ import annotations
+
+import logging
+import pwd
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from structlog.testing import capture_logs
+
+from arbiter.catalog import load_catalog
+from arbiter.config import Settings, default_kill_switch_file, effective_settings
+from arbiter.daemon import Daemon
+from arbiter.errors import StoreError
+from arbiter.store.db import default_sqlite_path
+
+CATALOG = load_catalog()
+
+
+@pytest.fixture
+def no_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A user with neither HOME, XDG_DATA_HOME nor a passwd entry (a systemd
+    DynamicUser without the unit's HOME, a container run with an arbitrary uid)."""
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.chdir(tmp_path)  # no policies/ or workloads/ here: nothing to plan
+    with pytest.raises(StoreError, match="no home directory"):
+        default_sqlite_path()
+
+
+def daemon(settings: dict[str, object], engine: Engine, url: str) -> Daemon:
+    settings = {"http": {"enabled": False}, **settings}
+    return Daemon(Settings.model_validate(settings), engine, CATALOG, database_url=url)
+
+
+def run_until_ready(d: Daemon) -> int:
+    return d.run(on_ready=d.stopping.set)
+
+
+@pytest.mark.usefixtures("no_home")
+def test_a_daemon_on_a_database_url_starts_without_a_home_directory(
+    engine: Engine, store_url: str
+) -> None:
+    assert default_kill_switch_file() is None
+    assert effective_settings(Settings()).daemon.kill_switch_file is None
+    d = daemon({}, engine, store_url)
+    with capture_logs() as logs:
+        assert run_until_ready(d) == 0
+    events = [e["event"] for e in logs]
+    assert "started" in events and "reconciling" in events
+    (warning,) = [e for e in logs if e["event"].startswith("no kill switch file")]
+    assert warning["log_level"] == "warning"
+    assert d.settings.daemon.kill_switch_file is None
+    assert d.reconciler is not None and d.reconciler.kill_switch() is False
+
+
+@pytest.mark.usefixtures("no_home")
+def test_without_a_home_directory_the_configured_kill_switch_file_still_works(
+    engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    kill = tmp_path / "kill-switch"
+    d = daemon({"daemon": {"kill_switch_file": str(kill)}}, engine, store_url)
+    with capture_logs() as logs:
+        assert run_until_ready(d) == 0
+    assert not [e for e in logs if e["event"].startswith("no kill switch file")]
+    kill.touch()
+    assert d.reconciler is not None and d.reconciler.kill_switch() is True
+
+
+@pytest.fixture
+def sql_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("sqlalchemy.engine.Engine")
+    level = logger.level
+    yield logger
+    logger.setLevel(level)
+
+
+def test_database_echo_logs_every_sql_statement_the_daemon_sends(
+    engine: Engine,
+    store_url: str,
+    sql_logger: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    settings = {"database": {"echo": True}, "daemon": {"kill_switch_file": str(tmp_path / "k")}}
+    with caplog.at_level(logging.NOTSET, logger=sql_logger.name):
+        assert run_until_ready(daemon(settings, engine, store_url)) == 0
+    statements = [r.getMessage() for r in caplog.records if r.name == sql_logger.name]
+    assert any("alembic_version" in s for s in statements)  # the schema check
+    assert any("leases" in s for s in statements)  # taking the lease
+
+
+def test_without_database_echo_no_sql_is_logged(
+    engine: Engine,
+    store_url: str,
+    sql_logger: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    settings = {"daemon": {"kill_switch_file": str(tmp_path / "k")}}
+    with caplog.at_level(logging.WARNING):
+        assert run_until_ready(daemon(settings, engine, store_url)) == 0
+    assert not [r for r in caplog.records if r.name == sql_logger.name]
