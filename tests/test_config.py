@@ -180,3 +180,26 @@ def test_a_bad_duration_names_the_key(tmp_path: Path) -> None:
         load_config(path, env={})
     assert err.value.key == "sources.x.interval"
     assert "like '30s'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "got"),
+    [
+        ('[sources.x]\nkind = "aws"\ninterval = ["5m"]\n', "sources.x.interval", "list"),
+        ('[sources.x]\nkind = "aws"\njitter = {s = 5}\n', "sources.x.jitter", "table"),
+        (
+            '[interruptions.spot]\nkind = "aws-imds"\ninterval = {s = 5}\n',
+            "interruptions.spot.interval",
+            "table",
+        ),
+    ],
+)
+def test_a_duration_given_a_list_or_table_is_an_error_naming_file_key_and_type(
+    tmp_path: Path, text: str, key: str, got: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert (err.value.source, err.value.key) == (str(path), key)
+    assert "expected a duration like '30s', '5m', '1h30m', got" in str(err.value)
+    assert got in str(err.value)

@@ -626,8 +626,8 @@ def test_a_duration_given_as_a_list_is_an_error_and_other_errors_are_still_found
     text = POLICY + "migration: {cooldown: [6h], sustained_for: ~, max_concurrent_drains: 0}\n"
     found = policy_findings(tmp_path, text, catalog)
     assert [(f.field, f.message) for f in found] == [
-        ("migration.cooldown", "expected a duration like '30m' or '1h30m', got a list"),
-        ("migration.sustained_for", "expected a duration like '30m' or '1h30m', got null"),
+        ("migration.cooldown", "expected a duration like '30s', '5m', '1h30m', got a list"),
+        ("migration.sustained_for", "expected a duration like '30s', '5m', '1h30m', got null"),
         ("migration.max_concurrent_drains", "expected a whole number ≥ 1, got 0"),
     ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -43,13 +44,28 @@ class Value(BaseModel):
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def _kind(value: object) -> str:
+    """What a value that is no duration is, as a config or policy file writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 def parse_duration(text: str | float | int) -> float:
     """Seconds in a duration written ``90``, ``"90s"``, ``"30m"``, ``"1h30m"`` or ``"2d"``.
 
-    Raises ValueError naming the accepted forms.
+    Raises ValueError naming the accepted forms — for any input, also a list, a table or
+    null from a config file (pydantic reports a ValueError from a validator as a
+    validation error; any other exception would escape as a traceback).
     """
-    if isinstance(text, bool):
-        raise ValueError("expected a duration like '30s', '5m', '1h30m', got a boolean")
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"expected a duration like '30s', '5m', '1h30m', got {_kind(text)}")
     if isinstance(text, int | float):
         seconds = float(text)
     else:

@@ -160,3 +160,16 @@ def test_bad_durations_are_refused(text: str) -> None:
 
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [([1, "s"], "a list"), ({"minutes": 5}, "a table"), (None, "null"), (True, "a boolean")],
+)
+def test_a_duration_of_the_wrong_type_is_a_value_error_saying_what_it_got(
+    value: object, got: str
+) -> None:
+    from arbiter.domain.values import parse_duration
+
+    with pytest.raises(ValueError, match=f"expected a duration like '30s'.*got .*{got}"):
+        parse_duration(value)  # type: ignore[arg-type]

@@ -77,6 +77,12 @@ def test_options_must_configure_at_least_one_cloud() -> None:
         ),
         ({**GCP_ONLY, "router": "nginx"}, "executor.options.router", "'none'"),
         ({**GCP_ONLY, "timeout": 0}, "executor.options.timeout", "greater than 0"),
+        ({**GCP_ONLY, "timeout": [30]}, "executor.options.timeout", "duration like '30s'"),
+        (
+            {**GCP_ONLY, "operation_timeout": {"minutes": 15}},
+            "executor.options.operation_timeout",
+            "expected a duration like '30s', '5m', '1h30m', got a table",
+        ),
         (
             {**GCP_ONLY, "startup_script": "#!/bin/sh", "startup_script_file": "boot.sh"},
             "executor.options",

@@ -556,6 +556,10 @@ def test_a_failed_route_update_becomes_an_executor_error(rig: Rig) -> None:
          "clusters.aws:us-east-1.namespace", "pattern"),
         (lambda o: o.update(unschedulable_grace="soon"), "unschedulable_grace",
          "expected a duration"),
+        (lambda o: o.update(unschedulable_grace=[10, "m"]), "unschedulable_grace",
+         "expected a duration like '30s', '5m', '1h30m', got a list"),
+        (lambda o: o.update(timeout={"seconds": 30}), "timeout",
+         "expected a duration like '30s', '5m', '1h30m', got a table"),
         (lambda o: o.update(timeout="0s"), "timeout", "longer than zero"),
     ],
 )  # fmt: skip
