@@ -7,17 +7,20 @@ one replica there. :func:`solve` places all workloads together, because they com
 for the same capacity and budgets, and never places a replica on a column it was not
 given.
 
-The model (HiGHS, built in bulk from numpy arrays)::
+The model (HiGHS, built in bulk from numpy arrays), solved lexicographically::
 
-    minimise    Σ cost_j·x_j + P·(unplaced replicas)
+    minimise    (1) missing units, then (2) Σ cost_j·x_j
     x_j ∈ ℤ, 0 ≤ x_j ≤ ub_j                       replicas of workload w(j) on offer o(j)
-    Σ_{j∈w} x_j + u_w = replicas_w                (replica-sized; 0 ≤ u_w ≤ replicas_w)
+    Σ_{j∈w} x_j + u_w = replicas_w                (replica-sized; u_w ∈ ℤ, 0..replicas_w)
     Σ_{j∈w} tput_j·x_j ≥ min_throughput_w · z_w   (throughput-sized; z_w ∈ {0,1})
     y_{w,r} ≤ Σ_{j∈w,r} x_j,  y ∈ [0,1]           (a region counts only if it has a replica)
     Σ_r y_{w,r} ≥ min_distinct_regions_w · z_w    (same for providers)
     Σ_{j∈w,p} x_j ≤ share·Σ_{j∈w} x_j             (per provider, and on spot)
     Σ_{j on o} gpus_w(j)·x_j ≤ capacity_o         (offers with bounded capacity)
     Σ_{j∈group b} cost_j·x_j ≤ budget_b
+
+Missing units are the unplaced replicas u_w plus, per throughput-sized workload left
+unplaced, as many as its target needs of its fastest column.
 
 A region indicator needs no binary and no big-M: ``y ≤ Σx`` with ``x`` integer lets
 ``y`` reach 1 only where a replica is placed, so a continuous ``y ≤ 1`` already counts
@@ -29,19 +32,33 @@ places nothing instead of making the whole problem infeasible.
 the solve and reported with its reason (no candidate, too few distinct regions or
 providers, shares that cannot be met, a budget below its cheapest placement, no offer
 with room for one replica). What couples workloads — capacity and budgets — is left to
-the solver through penalised slack: ``P`` is far above any real cost, so as many
-replicas as possible are placed; when some stay unplaced a second solve minimises the
-real cost with the number of unplaced replicas fixed, and those workloads are reported
-with the rule that stopped them. A throughput-sized workload is placed whole or not at
-all; a replica-sized one may be placed in part (status ``partial``).
+the solver: phase one finds the fewest missing units (an integral objective, so HiGHS
+rounds its bound up and stops as soon as a placement reaches it; skipped when the
+start misses none), phase two the cheapest placement missing no more; the workloads
+left short are reported with the rule that stopped them. A throughput-sized workload
+is placed whole or not at all; a replica-sized one may be placed in part (status
+``partial``).
 
-**Start.** HiGHS starts from a greedy placement (each workload in turn on the cheapest
-columns with room and budget left, within its rules) rather than from nothing placed:
-only a start, so the solve is as exact as without it, but it begins near the optimum.
-Proving how few replicas must stay unplaced can still take long when budgets or
-capacity bind for many workloads at once (each binding budget is a knapsack whose LP
-bound is a fraction of a replica off); the time limit then ends phase one and ``gap``
-says so.
+**Bounds.** The LP relaxation is tightened by rows every integer placement keeps, so
+the proof is short: the rounding of each throughput row at its cheapest levels; the
+exact hull of each throughput target over its levels (an extended formulation over
+the minimal patterns of replicas per level that reach it, see
+:func:`_add_level_hulls`); on-demand and other-provider replicas rounded up from the
+fewest replicas any placement needs (:func:`_add_share_rounding`); and, when the start
+leaves a budget group short, the fewest missing units that group can reach on its own
+— a small MILP over its members, a relaxation of the whole, so its bound holds for
+every placement (:func:`_budget_floors`). Without it every binding budget is a
+knapsack whose LP bound is a fraction of a replica off, and branching closes them one
+group at a time.
+
+**Start.** Each phase starts from a placement: a greedy one (each workload in turn on
+the cheapest columns with room and budget left, within its rules), improved by fixing
+the workloads the LP relaxation places whole and solving the rest, which fall apart
+into small independent groups, as small MILPs (:func:`_rounded_start`). Only starts,
+checked before use: the solve is as exact as without them, but HiGHS's own heuristics
+find such placements only after its root cut loop, and on problems this size that is
+most of the time. The floors and the starts each take at most a fifth of the time
+left.
 
 **Candidate reduction** (before building the MILP; numpy, no loop per column). Two
 columns of a workload are *interchangeable* when no rule of that workload tells them
@@ -81,8 +98,9 @@ The domain reads no clock: ``solve_seconds`` is HiGHS's own run time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -253,10 +271,10 @@ class Solution:
     """USD/h: Σ col_cost · replicas."""
     gap: float
     """Relative MIP gap HiGHS reports for the last solve: of the real cost once the
-    number of unplaced replicas is settled (or when none stay unplaced). When time runs
-    out before that, it is phase one's gap, of the real cost plus a penalty far above
-    it per unplaced replica: it then says how many more replicas some placement might
-    still place, not how much cheaper it might be."""
+    number of missing units is settled (or when the start misses none). When time runs
+    out before that, it is phase one's gap, of the missing units: it then says how many
+    more replicas some placement might still place, not how much cheaper it might be
+    (phase one does not look at cost)."""
     optimal: bool
     """HiGHS proved the placement optimal within ``mip_rel_gap``."""
     time_limited: bool
@@ -825,15 +843,15 @@ class _Model:
     start: IntArray
     index: IntArray
     value: FloatArray
-    offset: float
     slack: IntArray
-    """Penalised variables (u: unplaced replicas; z: placed, rewarded) ..."""
-    slack_weight: FloatArray
-    """... and their objective coefficients in phase one: multiples of ``penalty``."""
-    slack_offset: float
-    penalty: float
-    """The penalty of one unplaced replica; a throughput-sized workload left unplaced
-    weighs as many as its target needs of its fastest column."""
+    """The variables that count missing units (u: unplaced replicas; z: placed) ..."""
+    slack_units: FloatArray
+    """... and the units each counts: 1 per unplaced replica, −n for a throughput-sized
+    workload's z, where n is what its target needs of its fastest column ..."""
+    units_offset: float
+    """... plus Σ n: missing units = slack_units · slack + units_offset."""
+    slack_workload: IntArray
+    """The workload of each slack variable."""
     unplaced_var: IntArray
     """Per workload: its u variable, or -1."""
     placed_var: IntArray
@@ -877,12 +895,6 @@ class _Rows:
         lower = np.concatenate(self.lower) if self.lower else np.zeros(0)
         upper = np.concatenate(self.upper) if self.upper else np.zeros(0)
         return lower, upper, start, cols[order], vals[order]
-
-
-def _penalty(c: _Candidates, cols: IntArray) -> float:
-    """Cost of one unplaced replica: far above any real cost of one replica."""
-    top = float(c.cost[cols].max()) if len(cols) else 1.0
-    return 1e3 * max(top, 1.0)
 
 
 _ROUNDING_LEVELS = 3
@@ -937,6 +949,127 @@ def _add_rounding_cuts(
     a.add(rows + level, x[col], np.ceil(tput[col] / levels_t[level] - _EPS))
 
 
+_PATTERN_LIMIT = 48
+"""Most minimal patterns per throughput-sized workload; beyond, its rows are left out."""
+_PATTERN_BOX = 4096
+"""Most candidate patterns to enumerate per workload."""
+
+
+def _minimal_patterns(levels: FloatArray, target: float) -> IntArray | None:
+    """Every minimal replica count per throughput level (fastest first) that reaches
+    ``target``: one replica fewer at any level used falls short. None when there are
+    more than the limit (or too many to enumerate)."""
+    reach = np.ceil(target / levels - _EPS).astype(np.int64)
+    box = np.prod(reach[:-1] + 1)
+    if box > _PATTERN_BOX:
+        return None
+    grids = np.meshgrid(*[np.arange(r + 1) for r in reach[:-1]], indexing="ij")
+    head = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
+    left = target - head @ levels[:-1]
+    last = np.maximum(np.ceil(left / levels[-1] - _EPS), 0).astype(np.int64)
+    counts = np.concatenate([head, last[:, None]], axis=1)
+    total = counts @ levels
+    # Minimal: dropping one replica of the slowest level used falls short.
+    slowest_used = np.where(counts > 0, levels[None, :], np.inf).min(axis=1)
+    minimal = (total >= target * (1 - 1e-12)) & (total - slowest_used < target * (1 - 1e-12))
+    patterns: IntArray = np.unique(counts[minimal], axis=0)
+    if len(patterns) > _PATTERN_LIMIT:
+        return None
+    return patterns
+
+
+def _add_level_hulls(
+    a: _Rows,
+    d: _Demands,
+    w: IntArray,
+    x: IntArray,
+    tput: FloatArray,
+    placed_var: IntArray,
+    new_vars: Callable[[int], IntArray],
+) -> None:
+    """The exact hull of each throughput target over its levels (the distinct
+    throughputs of its columns), as an extended formulation: the replicas at each
+    level cover a convex combination λ of the minimal patterns that reach the target,
+    Σ_k λ_k = z, Σ_{j at level l} x_j ≥ Σ_k n_{k,l}·λ_k. Valid: a placement reaching
+    the target covers some minimal pattern (take λ on it); and any x covering a
+    combination reaches the target. Its LP is the convex hull of the integer counts,
+    which the rounding rows only approach: with two levels the LP otherwise buys
+    3.5 replicas of the cheaper one and half of the faster."""
+    order = np.lexsort((-tput, w))
+    ws, ts = w[order], tput[order]
+    sized = d.throughput_sized[ws]
+    ws, ts, cols = ws[sized], ts[sized], x[order][sized]
+    if len(ws) == 0:
+        return
+    bounds = np.flatnonzero(np.r_[True, ws[1:] != ws[:-1], True])
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        wl = int(ws[start])
+        levels, at = np.unique(-ts[start:end], return_inverse=True)
+        levels = -levels
+        if len(levels) < 2:
+            continue  # the rounding row at its one level is the hull already
+        patterns = _minimal_patterns(levels, float(d.target[wl]))
+        if patterns is None:
+            continue
+        lam = new_vars(len(patterns))
+        one = a.add_rows(np.zeros(1), np.zeros(1))
+        a.add(np.full(len(lam), one), lam, 1.0)
+        a.add(np.array([one]), placed_var[wl : wl + 1], -1.0)
+        first = a.add_rows(np.zeros(len(levels)), np.full(len(levels), np.inf))
+        a.add(first + at.ravel(), cols[start:end], 1.0)
+        k, lv = np.nonzero(patterns)
+        a.add(first + lv, lam[k], -patterns[k, lv].astype(np.float64))
+
+
+def _add_share_rounding(
+    a: _Rows,
+    d: _Demands,
+    w: IntArray,
+    x: IntArray,
+    tput: FloatArray,
+    spot: BoolArray,
+    provider: IntArray,
+    placed_var: IntArray,
+) -> None:
+    """Rounded share rows for throughput targets. Every placement has at least
+    N = ⌈target / fastest⌉ replicas, so at least (1 − s)·N are off spot (s: the spot
+    share) and off any one provider (s: the provider share); whole replicas, so the
+    ceiling: Σ_{j off spot} x_j ≥ ⌈(1 − s)·N⌉·z. The LP otherwise keeps the share with
+    fractions of an on-demand replica."""
+    n_w = len(d.replicas)
+    fastest = np.zeros(n_w)
+    np.maximum.at(fastest, w, tput)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fewest = np.where(fastest > 0, np.ceil(d.target / fastest - _EPS), 0.0)
+    for share, key in ((d.spot_share, spot.astype(np.int64)), (d.provider_share, provider)):
+        need = np.ceil((1 - share) * fewest - _EPS)
+        on = d.throughput_sized[w] & (share[w] < 1) & (need[w] >= 1)
+        if not on.any():
+            continue
+        # One row per (workload, key) with the workload's columns of other keys; for
+        # the spot share only the key "spot" (1).
+        span = int(key.max()) + 1
+        pair_ids = np.unique(w[on] * span + key[on])
+        if share is d.spot_share:
+            pair_ids = pair_ids[pair_ids % span == 1]
+        pair_w = pair_ids // span
+        if len(pair_ids) == 0:
+            continue
+        rows = a.add_rows(np.zeros(len(pair_ids)), np.full(len(pair_ids), np.inf))
+        a.add(rows + np.arange(len(pair_ids)), placed_var[pair_w], -need[pair_w])
+        # Columns of each workload against each of its pairs, where the key differs.
+        start = np.searchsorted(pair_w, np.arange(n_w))
+        count = np.bincount(pair_w, minlength=n_w)
+        cols_on = np.flatnonzero(on)
+        reps = count[w[cols_on]]
+        col_rep = np.repeat(cols_on, reps)
+        ends = np.cumsum(reps)
+        within = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - reps, reps)
+        pair_of = np.repeat(start[w[cols_on]], reps) + within
+        other = key[col_rep] != pair_ids[pair_of] % span
+        a.add(rows + pair_of[other], x[col_rep[other]], 1.0)
+
+
 def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     n_w = p.n_workloads
     m = len(cols)
@@ -952,7 +1085,6 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     active = np.bincount(w, minlength=n_w) > 0
     sized = d.throughput_sized
     spread = active & ((d.min_regions > 1) | (d.min_providers > 1))
-    penalty = _penalty(c, cols)
 
     var_cost = [cost]
     var_lower = [np.zeros(m)]
@@ -975,13 +1107,14 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     unplaced_var = np.full(n_w, -1, dtype=np.int64)
     placed_var = np.full(n_w, -1, dtype=np.int64)
     by_replicas = np.flatnonzero(active & ~sized)
-    unplaced_var[by_replicas] = new_vars(len(by_replicas), 0.0, d.replicas[by_replicas], penalty, 0)
+    # Integer, as x and the replica count make it: phase one's objective is then
+    # integral, and HiGHS rounds its bound up.
+    unplaced_var[by_replicas] = new_vars(len(by_replicas), 0.0, d.replicas[by_replicas], 0.0, 1)
     by_tput = np.flatnonzero(active & sized)
     max_tput = np.zeros(n_w)
     np.maximum.at(max_tput, w, tput)
-    weight = penalty * np.ceil(d.target / np.maximum(max_tput, _EPS) - _EPS)
-    placed_var[by_tput] = new_vars(len(by_tput), 0.0, 1.0, -weight[by_tput], 1)
-    offset = float(weight[by_tput].sum())
+    weight = np.ceil(d.target / np.maximum(max_tput, _EPS) - _EPS)
+    placed_var[by_tput] = new_vars(len(by_tput), 0.0, 1.0, 0.0, 1)
     spread_replica = np.flatnonzero(spread & ~sized)
     placed_var[spread_replica] = new_vars(len(spread_replica), 0.0, 1.0, 0.0, 1)
 
@@ -999,6 +1132,8 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     # Throughput rows in units of the target: Σ (tput/target)·x ≥ z.
     a.add(row[w], x, np.where(sized[w], tput / np.where(sized[w], d.target[w], 1.0), 1.0))
     _add_rounding_cuts(a, d, w, x, cost, tput, placed_var)
+    _add_level_hulls(a, d, w, x, tput, placed_var, lambda k: new_vars(k, 0.0, 1.0, 0.0, 0))
+    _add_share_rounding(a, d, w, x, tput, spot, provider, placed_var)
     # The total of a throughput-sized workload with share rules (see _prepare).
     capped_total = np.flatnonzero(active & np.isfinite(c.total_cap))
     if len(capped_total):
@@ -1099,7 +1234,7 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
 
     row_lower, row_upper, start_, index, value = a.csr()
     slack = np.concatenate([unplaced_var[by_replicas], placed_var[by_tput]])
-    slack_weight = np.concatenate([np.full(len(by_replicas), penalty), -weight[by_tput]])
+    slack_units = np.concatenate([np.ones(len(by_replicas)), -weight[by_tput]])
     trivial = np.zeros(n_vars)
     trivial[unplaced_var[by_replicas]] = d.replicas[by_replicas]
     return _Model(
@@ -1114,11 +1249,10 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
         start=start_,
         index=index,
         value=value,
-        offset=offset,
         slack=slack,
-        slack_weight=slack_weight,
-        slack_offset=offset,
-        penalty=penalty,
+        slack_units=slack_units,
+        units_offset=float(weight[by_tput].sum()),
+        slack_workload=np.concatenate([by_replicas, by_tput]),
         unplaced_var=unplaced_var,
         placed_var=placed_var,
         trivial=trivial,
@@ -1254,16 +1388,17 @@ class _Run:
     gap: float
     seconds: float
     solves: int = 1
+    bound: float = -math.inf
+    """HiGHS's dual bound on the objective solved."""
 
 
 def _highs(
     model: _Model, *, time_limit: float, mip_rel_gap: float, mip_abs_gap: float = 0.0
 ) -> highspy.Highs:
+    """HiGHS with the model, minimising its real cost."""
     h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("mip_rel_gap", mip_rel_gap)
-    if mip_abs_gap > 0:
-        h.setOptionValue("mip_abs_gap", mip_abs_gap)
+    _set_gaps(h, mip_rel_gap, mip_abs_gap)
     h.setOptionValue("time_limit", max(time_limit, 1e-3))
     h.passModel(
         model.n_vars,
@@ -1271,7 +1406,7 @@ def _highs(
         len(model.index),
         int(highspy.MatrixFormat.kRowwise),
         int(highspy.ObjSense.kMinimize),
-        model.offset,
+        0.0,
         model.cost,
         model.lower,
         np.where(np.isinf(model.upper), highspy.kHighsInf, model.upper),
@@ -1283,6 +1418,32 @@ def _highs(
         model.integer.astype(np.int32),
     )
     return h
+
+
+def _set_gaps(h: highspy.Highs, mip_rel_gap: float, mip_abs_gap: float) -> None:
+    h.setOptionValue("mip_rel_gap", mip_rel_gap)
+    # 1e-6 is HiGHS's own default.
+    h.setOptionValue("mip_abs_gap", mip_abs_gap if mip_abs_gap > 0 else 1e-6)
+
+
+def _count_missing(h: highspy.Highs, model: _Model) -> None:
+    """Make the objective the number of missing units (phase one's): integral, so
+    HiGHS rounds its bound up, and a gap below one unit is none."""
+    h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), _units_cost(model))
+    h.changeObjectiveOffset(model.units_offset)
+    _set_gaps(h, 0.0, 0.5)
+
+
+def _units_cost(model: _Model) -> FloatArray:
+    cost = np.zeros(model.n_vars)
+    cost[model.slack] = model.slack_units
+    return cost
+
+
+def _missing(model: _Model, values: FloatArray) -> float:
+    """Missing units of a solution: unplaced replicas, and for each throughput target
+    left unplaced what it needs of its fastest column."""
+    return float(model.slack_units @ values[model.slack]) + model.units_offset
 
 
 def _run_once(h: highspy.Highs, start: FloatArray) -> _Run:
@@ -1299,42 +1460,255 @@ def _run_once(h: highspy.Highs, start: FloatArray) -> _Run:
         time_limited=status == highspy.HighsModelStatus.kTimeLimit,
         gap=float(info.mip_gap) if math.isfinite(info.mip_gap) else math.inf,
         seconds=float(h.getRunTime()),
+        bound=float(info.mip_dual_bound),
     )
 
 
-class _CountSettled:
-    """Stops phase one once the incumbent leaves replicas unplaced and the bound shows
-    no placement leaves fewer (within half a replica's penalty plus the allowed gap on
-    the real cost): which replicas stay unplaced is then settled and the real cost is
-    phase two's job. Without it HiGHS would try to close the gap on the penalty, a
-    knapsack bound that is always a fraction of a replica away."""
+def _budget_floors(
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
+    model: _Model,
+    start: FloatArray,
+    time_limit: float,
+) -> tuple[list[tuple[IntArray, FloatArray, float]], float]:
+    """Rows ``Σ missing units of group b ≥ L_b``, one per budget group the start
+    leaves short, and the seconds spent finding them.
 
-    def __init__(self, model: _Model, mip_rel_gap: float) -> None:
-        self.slack = model.slack
-        self.weight = model.slack_weight
-        self.offset = model.slack_offset
-        # Not the smallest weight: weights are different multiples of the penalty, and
-        # placements may differ by one penalty even when no weight is that small.
-        self.unit = model.penalty
-        self.gap = mip_rel_gap
-        self.penalty = 0.0
-        self.stopped = False
+    ``L_b`` is the fewest missing units the group's members can reach on their own:
+    the same model restricted to them (their rows, their budget, the capacity rows of
+    their offers), which drops only rows, so it is a relaxation and its bound holds for
+    every placement of the whole problem. Each budget is a knapsack whose LP bound
+    is a fraction of a replica off; the whole problem's LP sums those fractions over
+    every group, and branching closes them only one group at a time — these small
+    solves close each at once."""
+    cols = model.cols
+    m = len(cols)
+    w_of = c.workload[cols]
+    short = np.zeros(len(d.replicas), dtype=np.bool_)
+    units = model.slack_units * start[model.slack]
+    lacking = np.where(model.slack_units > 0, units, units - model.slack_units)
+    short[model.slack_workload[lacking > 0.5]] = True
+    groups = np.unique(d.budget_group[short & (d.budget_group >= 0)])
+    slack_group = d.budget_group[model.slack_workload]
+    rows: list[tuple[IntArray, FloatArray, float]] = []
+    seconds = 0.0
+    for i, b in enumerate(groups.tolist()):
+        if seconds >= time_limit:
+            break
+        mine = d.budget_group[w_of] == b
+        sub = _build(p, d, c, cols[mine])
+        # The groups share the time evenly; a bound found by then holds as well.
+        share = (time_limit - seconds) / (len(groups) - i)
+        h = _highs(sub, time_limit=share, mip_rel_gap=0.0)
+        _count_missing(h, sub)
+        run = _run_once(h, _start_from(sub, start[:m][mine], d, c))
+        seconds += run.seconds
+        floor = math.ceil(run.bound - 1e-6) if math.isfinite(run.bound) else 0
+        if floor <= 0:
+            continue
+        on = slack_group == b
+        offset = float(-model.slack_units[on & (model.slack_units < 0)].sum())
+        rows.append((model.slack[on], model.slack_units[on], floor - offset))
+    return rows, seconds
 
-    def improved(self, e: highspy.highs.HighsCallbackEvent) -> None:
-        solution = np.asarray(e.data_out.mip_solution, dtype=np.float64)
-        self.penalty = float(self.weight @ solution[self.slack]) + self.offset
 
-    def interrupt(self, e: highspy.highs.HighsCallbackEvent) -> None:
-        if self.penalty < 0.5 * self.unit:
-            return
-        primal, dual = e.data_out.mip_primal_bound, e.data_out.mip_dual_bound
-        real = max(primal - self.penalty, 0.0)
-        if primal - dual < 0.5 * self.unit + self.gap * real:
-            self.stopped = True
-            e.interrupt()
+def _with_rows(model: _Model, rows: Sequence[tuple[IntArray, FloatArray, float]]) -> _Model:
+    """The model with rows ``Σ value·x[index] ≥ lower`` added."""
+    if not rows:
+        return model
+    count = np.array([len(index) for index, _, _ in rows])
+    return dataclasses.replace(
+        model,
+        row_lower=np.concatenate([model.row_lower, [lower for _, _, lower in rows]]),
+        row_upper=np.concatenate([model.row_upper, np.full(len(rows), np.inf)]),
+        start=np.concatenate([model.start, model.start[-1] + np.cumsum(count)]),
+        index=np.concatenate([model.index, *(index for index, _, _ in rows)]),
+        value=np.concatenate([model.value, *(value for _, value, _ in rows)]),
+    )
+
+
+def _components(model: _Model, free: BoolArray) -> IntArray:
+    """Connected components of the free variables, two being connected when a row
+    holds both (fixed variables connect nothing): each free variable's label is the
+    least free variable of its component, -1 for the fixed ones."""
+    n = model.n_vars
+    label = np.append(np.where(free, np.arange(n), n), n).astype(np.int64)
+    rows = np.repeat(np.arange(len(model.row_lower)), np.diff(model.start))
+    on = free[model.index]
+    rows, cols = rows[on], model.index[on]
+    if len(rows):
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        sizes = np.diff(np.r_[starts, len(rows)])
+        while True:
+            row_min = np.minimum.reduceat(label[cols], starts)
+            new = label.copy()
+            np.minimum.at(new, cols, np.repeat(row_min, sizes))
+            new = new[new]  # the label's label: fewer rounds along long chains
+            if np.array_equal(new, label):
+                break
+            label = new
+    result: IntArray = np.where(free, label[:n], -1)
+    return result
+
+
+def _submodel(model: _Model, keep: IntArray, values: FloatArray) -> _Model:
+    """The model over the variables ``keep``, the others fixed at ``values``: rows
+    without a kept variable are dropped, the fixed terms moved into the bounds."""
+    n_rows = len(model.row_lower)
+    rows = np.repeat(np.arange(n_rows), np.diff(model.start))
+    new_index = np.full(model.n_vars, -1, dtype=np.int64)
+    new_index[keep] = np.arange(len(keep))
+    kept = new_index[model.index] >= 0
+    fixed_sum = np.bincount(
+        rows[~kept], weights=model.value[~kept] * values[model.index[~kept]], minlength=n_rows
+    )
+    used = np.bincount(rows[kept], minlength=n_rows) > 0
+    row_map = np.cumsum(used) - 1
+    sel = kept & used[rows]
+    start = np.zeros(int(used.sum()) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_map[rows[sel]], minlength=len(start) - 1), out=start[1:])
+    return dataclasses.replace(
+        model,
+        n_vars=len(keep),
+        cost=model.cost[keep],
+        lower=model.lower[keep],
+        upper=model.upper[keep],
+        integer=model.integer[keep],
+        row_lower=(model.row_lower - fixed_sum)[used],
+        row_upper=(model.row_upper - fixed_sum)[used],
+        start=start,
+        index=new_index[model.index[sel]],
+        value=model.value[sel],
+    )
+
+
+_BATCH_VARIABLES = 400
+"""Small components are solved together, up to this many variables at once."""
+
+
+def _feasible(model: _Model, values: FloatArray) -> bool:
+    """``values`` keep every bound, row and integrality of the model (within 1e-6)."""
+    tol = 1e-6
+    rows = np.repeat(np.arange(len(model.row_lower)), np.diff(model.start))
+    activity = np.bincount(
+        rows, weights=model.value * values[model.index], minlength=len(model.row_lower)
+    )
+    integer = model.integer == 1
+    return bool(
+        np.all(values >= model.lower - tol)
+        and np.all(values <= model.upper + tol)
+        and np.all(np.abs(values[integer] - np.rint(values[integer])) <= tol)
+        and np.all(activity >= model.row_lower - tol * (1 + np.abs(model.row_lower)))
+        and np.all(activity <= model.row_upper + tol * (1 + np.abs(model.row_upper)))
+    )
+
+
+def _rounded_start(
+    model: _Model,
+    d: _Demands,
+    c: _Candidates,
+    start: FloatArray,
+    *,
+    time_limit: float,
+    mip_rel_gap: float,
+    missing_no_more_than_start: bool = False,
+) -> tuple[FloatArray, float]:
+    """A better start than ``start`` if one is found quickly, and the seconds spent.
+
+    The LP relaxation (the real cost plus a large penalty per missing unit) leaves most
+    workloads whole. Those are fixed where the LP put them; the others fall apart into
+    small groups that share no row once the fixed ones are fixed, each solved as a
+    MILP (small ones together), starting with its workloads unplaced — feasible: the
+    fixed workloads alone keep every shared row, as in the LP. With
+    ``missing_no_more_than_start`` no workload may miss more units than in ``start``
+    (for phase two, once ``start`` has the fewest), and the groups start from
+    ``start``. Only a start, checked before use: HiGHS's own heuristics find one as
+    good, but only after its root cut loop, and the more fractional workloads at once,
+    the later.
+    """
+    m = len(model.cols)
+    lower, upper = model.lower.copy(), model.upper.copy()
+    base = model.trivial  # every workload unplaced
+    if missing_no_more_than_start:
+        reps = model.unplaced_var[model.unplaced_var >= 0]
+        upper[reps] = np.rint(start[reps])
+        placed = model.placed_var[d.throughput_sized & (model.placed_var >= 0)]
+        lower[placed] = np.rint(start[placed])
+        base = start
+    bounded = dataclasses.replace(model, lower=lower, upper=upper)
+    h = _highs(bounded, time_limit=time_limit, mip_rel_gap=0.0)
+    penalty = 1e3 * max(float(model.cost[:m].max(initial=0.0)), 1.0)
+    cost = model.cost + penalty * _units_cost(model)
+    h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), cost)
+    h.setOptionValue("solve_relaxation", True)
+    h.run()
+    seconds = float(h.getRunTime())
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal or seconds >= time_limit:
+        return start, seconds
+    lp = np.asarray(h.getSolution().col_value, dtype=np.float64)
+    # The workload of each integer variable (x, u, z); -1 for the others.
+    owner = np.full(model.n_vars, -1, dtype=np.int64)
+    owner[:m] = c.workload[model.cols]
+    for var in (model.unplaced_var, model.placed_var):
+        owner[var[var >= 0]] = np.flatnonzero(var >= 0)
+    integer = owner >= 0
+    fractional = integer & (np.abs(lp - np.rint(lp)) > 1e-6)
+    whole = np.ones(len(d.replicas), dtype=np.bool_)
+    whole[owner[fractional]] = False
+    fixed = integer & whole[owner]
+    found = np.where(fixed, np.rint(lp), lp)
+    label = _components(model, ~fixed)
+    # Components holding a fractional workload's integer variables; the others hold
+    # the continuous variables of whole workloads, at their LP values already.
+    open_ = np.unique(label[integer & ~fixed])
+    members = np.flatnonzero(np.isin(label, open_))
+    comp_of = np.searchsorted(open_, label[members])
+    size = np.bincount(comp_of, minlength=len(open_))
+    # Component by component, smallest first; small ones in batches.
+    order = np.lexsort((members, comp_of, size[comp_of]))
+    members, comp_of = members[order], comp_of[order]
+    first = np.flatnonzero(np.r_[True, comp_of[1:] != comp_of[:-1]]) if len(members) else members
+    batch = np.zeros(len(members), dtype=np.int64)
+    filled, current = 0, 0
+    for at, length in zip(first.tolist(), size[comp_of[first]].tolist(), strict=True):
+        if filled and filled + length > _BATCH_VARIABLES:
+            current += 1
+            filled = 0
+        batch[at : at + length] = current
+        filled += length
+    for b in range(current + 1 if len(members) else 0):
+        if seconds >= time_limit:
+            return start, seconds
+        keep = np.sort(members[batch == b])
+        sub = _submodel(bounded, keep, found)
+        # The batches share the time by size; one that runs out keeps its start.
+        share = (time_limit - seconds) * len(keep) / int((batch >= b).sum())
+        h = _highs(sub, time_limit=share, mip_rel_gap=mip_rel_gap)
+        h.changeColsCost(sub.n_vars, np.arange(sub.n_vars, dtype=np.int32), cost[keep])
+        # The missing units as a count (≥ 0), so that the relative gap means something.
+        counted = np.isin(model.slack, keep) & (model.slack_units < 0)
+        h.changeObjectiveOffset(-penalty * float(model.slack_units[counted].sum()))
+        run = _run_once(h, base[keep])
+        seconds += run.seconds
+        found[keep] = run.values
+    better = (round(_missing(model, found)), float(model.cost @ found)) < (
+        round(_missing(model, start)),
+        float(model.cost @ start),
+    )
+    if better and _feasible(model, found):
+        return found, seconds
+    return start, seconds
+
+
+_AIDS = 0.2
+"""Share of the time left that the floors and each rounded start may take."""
 
 
 def _solve_model(
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
     model: _Model,
     start: FloatArray,
     *,
@@ -1342,32 +1716,60 @@ def _solve_model(
     mip_rel_gap: float,
     mip_abs_gap: float = 0.0,
 ) -> _Run:
-    """Phase one: fewest unplaced, then cheapest. If any stay unplaced, phase two fixes
-    how many and minimises the real cost alone (the penalty would swamp the gap)."""
+    """Phase one: the fewest missing units (skipped when the start misses none, as
+    none is the least). Phase two: the cheapest placement missing no more."""
+    elsewhere, solves = 0.0, 0
+    if _missing(model, start) > 0.5:
+        floors, elsewhere = _budget_floors(p, d, c, model, start, _AIDS * time_limit)
+        model = _with_rows(model, floors)
+    start, seconds = _rounded_start(
+        model, d, c, start, time_limit=_AIDS * (time_limit - elsewhere), mip_rel_gap=mip_rel_gap
+    )
+    elsewhere += seconds
+    # HiGHS's run time is counted over every run of one instance; the time limit is
+    # per run.
     h = _highs(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap)
-    settled = _CountSettled(model, mip_rel_gap)
-    settled.penalty = float(model.slack_weight @ start[model.slack]) + model.slack_offset
-    h.cbMipImprovingSolution.subscribe(settled.improved)
-    h.cbMipInterrupt.subscribe(settled.interrupt)
-    first = _run_once(h, start)
-    penalty = float(model.slack_weight @ first.values[model.slack]) + model.slack_offset
-    remaining = time_limit - first.seconds
-    if penalty < 0.5 * settled.unit or first.time_limited or remaining <= 0:
-        return first
-    h.cbMipImprovingSolution.unsubscribe(settled.improved)
-    h.cbMipInterrupt.unsubscribe(settled.interrupt)
-    h.changeColsCost(len(model.slack), model.slack.astype(np.int32), np.zeros(len(model.slack)))
-    h.changeObjectiveOffset(0.0)
+    missing = _missing(model, start)
+    if missing > 0.5:
+        _count_missing(h, model)
+        h.setOptionValue("time_limit", max(time_limit - elsewhere, 1e-3))
+        first = _run_once(h, start)
+        first.seconds += elsewhere
+        if not first.optimal:
+            return first
+        solves = 1
+        # Phase one's placement ignores cost: the start before it may be as good and
+        # cheaper.
+        fewest = first.values
+        if _missing(model, start) < _missing(model, fewest) + 0.5 and (
+            model.cost @ start < model.cost @ fewest
+        ):
+            fewest = start
+        start, seconds = _rounded_start(
+            model,
+            d,
+            c,
+            fewest,
+            time_limit=_AIDS * (time_limit - first.seconds),
+            mip_rel_gap=mip_rel_gap,
+            missing_no_more_than_start=True,
+        )
+        elsewhere += seconds
+        missing = _missing(model, start)
+        h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), model.cost)
+        h.changeObjectiveOffset(0.0)
+        _set_gaps(h, mip_rel_gap, mip_abs_gap)
     h.addRow(
         -highspy.kHighsInf,
-        penalty - model.slack_offset + 0.5 * settled.unit,
+        missing - model.units_offset + 0.5,
         len(model.slack),
         model.slack.astype(np.int32),
-        model.slack_weight,
+        model.slack_units,
     )
-    h.setOptionValue("time_limit", remaining)
-    second = _run_once(h, first.values)
-    second.solves = 2
+    h.setOptionValue("time_limit", max(time_limit - elsewhere - h.getRunTime(), 1e-3))
+    second = _run_once(h, start)
+    second.seconds += elsewhere
+    second.solves = solves + 1
     return second
 
 
@@ -1398,7 +1800,14 @@ def solve(
         model = _build(problem, d, c, cols)
         start = _start_from(model, _greedy_start(problem, d, c, model), d, c)
         run = _solve_model(
-            model, start, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap
+            problem,
+            d,
+            c,
+            model,
+            start,
+            time_limit=time_limit,
+            mip_rel_gap=mip_rel_gap,
+            mip_abs_gap=mip_abs_gap,
         )
         x = np.rint(run.values[: len(cols)])
     return _solution(problem, d, c, cols, model, run, x)
