@@ -379,18 +379,119 @@ def test_the_config_map_and_the_deployments_variables_are_valid_configuration(
             close()
 
 
+def config_map_mounts() -> dict[str, dict[str, Any]]:
+    """ConfigMap name → its volume mount in the arbiter container."""
+    volumes = {v["name"]: v for v in manifest("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    mounts = {}
+    for mount in container()["volumeMounts"]:
+        assert mount["name"] in volumes, mount["name"]
+        config_map = volumes[mount["name"]].get("configMap")
+        if config_map:
+            mounts[config_map["name"]] = mount
+    return mounts
+
+
+OUT_OF_BAND_CONFIG_MAPS = {"arbiter-policies": "policies/", "arbiter-workloads": "workloads/"}
+"""ConfigMaps the operator creates from their own files (not in the kustomization, so
+that ``kubectl apply -k`` never replaces them), with the directory they come from."""
+
+
 def test_the_config_is_mounted_where_arbiter_looks_for_it() -> None:
     from arbiter.config import default_config_paths
 
-    mounts = {m["mountPath"]: m for m in container()["volumeMounts"]}
-    assert "/etc/arbiter/config.toml" in mounts
-    volumes = {v["name"]: v for v in manifest("Deployment")["spec"]["template"]["spec"]["volumes"]}
-    for mount in mounts.values():
-        assert mount["name"] in volumes
-        config_map = volumes[mount["name"]].get("configMap")
-        if config_map:
-            manifest("ConfigMap", config_map["name"])
+    mounts = config_map_mounts()
+    assert mounts["arbiter-config"]["mountPath"] == "/etc/arbiter/config.toml"
     assert Path("/etc/arbiter/config.toml") in default_config_paths()
+    for name in set(mounts) - set(OUT_OF_BAND_CONFIG_MAPS):
+        manifest("ConfigMap", name)
+
+
+def test_the_policy_and_workload_config_maps_are_created_by_documented_commands() -> None:
+    assert set(OUT_OF_BAND_CONFIG_MAPS) <= set(config_map_mounts())
+    shipped = {
+        doc["metadata"]["name"]
+        for docs in manifests().values()
+        for doc in docs
+        if doc["kind"] == "ConfigMap"
+    }
+    assert not shipped & set(OUT_OF_BAND_CONFIG_MAPS)  # apply -k would empty them
+    for page in (KUBERNETES / "README.md", ROOT / "docs" / "deploy.md"):
+        text = " ".join(page.read_text().replace("\\\n", " ").split())
+        for name, directory in OUT_OF_BAND_CONFIG_MAPS.items():
+            command = f"kubectl -n arbiter create configmap {name} --from-file={directory}"
+            assert command in text, f"{page.name}: {command}"
+
+
+def deployed_settings(tmp_path: Path) -> Any:
+    config = tmp_path / "config.toml"
+    config.write_text(manifest("ConfigMap", "arbiter-config")["data"]["config.toml"])
+    env = {item["name"]: "dummy-value" for item in container()["env"]}
+    env["ARBITER_DATABASE_URL"] = "postgresql://arbiter_daemon@127.0.0.1/arbiter"
+    return load_config(config, env=env).settings
+
+
+def test_the_daemon_reads_policies_and_workloads_where_the_config_maps_are_mounted(
+    tmp_path: Path,
+) -> None:
+    settings = deployed_settings(tmp_path)
+    mounts = config_map_mounts()
+    policies, workloads = mounts["arbiter-policies"], mounts["arbiter-workloads"]
+    assert [str(p) for p in settings.policies.paths] == [policies["mountPath"]]
+    assert [str(p) for p in settings.policies.workloads] == [workloads["mountPath"]]
+    for mount in (policies, workloads):
+        # a subPath mount is never updated: a changed ConfigMap would not reach the pod
+        assert "subPath" not in mount and mount["readOnly"] is True
+
+
+def config_map_volume(target: Path, source: Path) -> None:
+    """Lay ``source``'s files out as the kubelet lays out a ConfigMap volume made by
+    ``kubectl create configmap --from-file=source``: the regular files directly in it,
+    in a timestamped directory, reached through a ``..data`` symlink and one symlink
+    per key."""
+    payload = target / "..2026_01_01_00_00_00.000000001"
+    payload.mkdir(parents=True)
+    for file in sorted(source.iterdir()):
+        if file.is_file() and not file.is_symlink():
+            shutil.copyfile(file, payload / file.name)
+    (target / "..data").symlink_to(payload.name)
+    for file in sorted(payload.iterdir()):
+        (target / file.name).symlink_to(Path("..data") / file.name)
+
+
+def test_the_repositorys_policies_and_workloads_load_from_the_mounted_config_maps(
+    tmp_path: Path,
+) -> None:
+    """What a pod sees: config.toml's [policies] paths, filled the way the kubelet fills
+    the two ConfigMap volumes, read by the reconciler as the daemon reads them."""
+    from arbiter.catalog import load_catalog
+    from arbiter.ports import SystemClock
+    from arbiter.reconcile import Reconciler
+
+    settings = deployed_settings(tmp_path)
+    root = tmp_path / "pod"  # the pod's / for the mount paths
+    rebased = {}
+    for key, source in (("paths", "policies"), ("workloads", "workloads")):
+        (mounted,) = getattr(settings.policies, key)
+        config_map_volume(root / Path(mounted).relative_to("/"), ROOT / source)
+        rebased[key] = [root / Path(mounted).relative_to("/")]
+    settings = settings.model_copy(
+        update={"policies": settings.policies.model_copy(update=rebased)}
+    )
+    reconciler = Reconciler(
+        None,  # type: ignore[arg-type]  # reading the files needs no store
+        None,
+        settings,
+        load_catalog(),
+        SystemClock(),
+        stale_after={},
+    )
+    state = reconciler.reload(strict=True)
+    assert state is not None and state.errors == []
+    expected = {p.stem for p in (ROOT / "workloads").glob("*.yaml")}
+    assert {w.name for w in state.workloads} == expected  # each file once, none missing
+    assert len(state.book.policies) == len(
+        [p for p in (ROOT / "policies").glob("*.yaml") if not p.name.endswith(".test.yaml")]
+    )
 
 
 def test_the_database_url_comes_from_the_credentials_secret() -> None:
