@@ -586,12 +586,57 @@ def test_the_metric_names_found_in_the_code_are_the_ones_served(
     assert served <= exported_metric_names()
 
 
-def test_every_metric_on_the_dashboard_is_exported_by_arbiter() -> None:
+def test_every_metric_on_the_dashboard_is_exported_by_arbiter(tmp_path: Path) -> None:
     queries = dashboard_queries()
     assert queries
     used = set().union(*(referenced_metric_names(q) for q in queries))
     assert used, "the dashboard names no arbiter metric"
-    assert used <= exported_metric_names(), sorted(used - exported_metric_names())
+    exported = scraped_series(tmp_path) | exported_metric_names()
+    assert used <= exported, sorted(used - exported)
+
+
+class _Everything(dict[str, float]):
+    """A mapping that has every key: the collector then yields every optional series."""
+
+    def __init__(self) -> None:
+        super().__init__(anything=1.0)  # not empty: "no reconcile pass yet" is {}
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> float:
+        return 1.0
+
+    def get(self, key: str, default: Any = None) -> float:  # type: ignore[override]
+        return 1.0
+
+
+def scraped_series(tmp_path: Path) -> set[str]:
+    """Every series a scrape of a leader shows once every figure is known (fleet,
+    reconcile, solver), by the name Prometheus stores it under (``_total`` counters)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from arbiter.http_api import StoreCollector
+    from arbiter.store.db import make_engine, upgrade
+    from arbiter.store.repositories import Store
+
+    url = f"sqlite:///{tmp_path / 'arbiter.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    registry = CollectorRegistry(auto_describe=False)
+    state = {"leader": True, "mode": "enforce", "name": "test:1", "reconcile": _Everything()}
+    registry.register(StoreCollector(Store(engine), lambda: state, _Everything))
+    text = generate_latest(registry).decode()
+    engine.dispose()
+    return set(re.findall(r"^(arbiter_[a-z0-9_]+)[{ ]", text, flags=re.M))
+
+
+def test_every_metric_arbiter_exports_has_a_panel_on_the_dashboard(tmp_path: Path) -> None:
+    series = scraped_series(tmp_path)
+    assert {"arbiter_leader", "arbiter_fleet_usd_per_hour", "arbiter_solver_gap"} <= series
+    assert "arbiter_reconcile_passes_total" in series  # counters by their scraped name
+    used = set().union(*(referenced_metric_names(q) for q in dashboard_queries()))
+    assert series - used == set(), "no panel for these: add them to the dashboard"
 
 
 def test_every_dashboard_panel_queries_the_chosen_data_source() -> None:
