@@ -678,35 +678,80 @@ def test_promtool_accepts_the_alerts_and_their_unit_tests_pass(command: list[str
 
 
 # -- IAM -------------------------------------------------------------------------------
+#
+# One file per identity and cloud, each kept equal to the calls of the module it is for:
+# the market-data sources (providers/), the cloud executor (arbiter/executors/) and the
+# aws-sqs interruption source (arbiter/interruptions/). A call that needs more than its
+# own permission (tags on launch, a role passed to the instance, a disk made with the
+# VM) adds it through the tables below, each entry saying why.
 
 
-def provider_tree(name: str) -> ast.Module:
-    path = ROOT / "providers" / f"{name}.py"
+def module_tree(relative: str) -> ast.Module:
+    path = ROOT / relative
     return ast.parse(path.read_text(), filename=str(path))
 
 
-def aws_calls() -> set[tuple[str, str]]:
-    """``(service, operation)`` for each boto3 call in providers/aws.py: methods called on,
-    or paginators taken from, ``self.<service>_client(...)``."""
+def provider_tree(name: str) -> ast.Module:
+    return module_tree(f"providers/{name}.py")
+
+
+def _string_arg(call: ast.Call) -> str | None:
+    first = call.args[0] if call.args else None
+    return str(first.value) if isinstance(first, ast.Constant) else None
+
+
+def boto3_client_factories(tree: ast.Module) -> dict[str, str]:
+    """Method name → AWS service, for every method returning a cached client:
+    ``def ec2_client(self, region): return self._clients.get("ec2", region, ...)``."""
+    factories = {}
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        for node in ast.walk(function):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "_clients"
+                and _string_arg(node)
+            ):
+                factories[function.name] = str(_string_arg(node))
+    return factories
+
+
+def boto3_calls(relative: str) -> set[tuple[str, str]]:
+    """``(service, operation)`` for each boto3 call in a module: methods called on, or
+    paginators and waiters taken from, ``self.<factory>(...)``."""
+    tree = module_tree(relative)
+    factories = boto3_client_factories(tree)
     calls: set[tuple[str, str]] = set()
-    for node in ast.walk(provider_tree("aws")):
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         receiver = node.func.value
         if not (
             isinstance(receiver, ast.Call)
             and isinstance(receiver.func, ast.Attribute)
-            and receiver.func.attr.endswith("_client")
+            and receiver.func.attr in factories
         ):
             continue
-        service = receiver.func.attr.removesuffix("_client")
+        service = factories[receiver.func.attr]
         if node.func.attr in ("get_paginator", "get_waiter"):
-            operation = node.args[0]
-            assert isinstance(operation, ast.Constant), ast.unparse(node)
-            calls.add((service, str(operation.value)))
+            operation = _string_arg(node)
+            assert operation is not None, ast.unparse(node)
+            calls.add((service, operation))
         else:
             calls.add((service, node.func.attr))
     return calls
+
+
+def aws_calls() -> set[tuple[str, str]]:
+    return boto3_calls("providers/aws.py")
+
+
+# Batch operations are authorised as the single operation (AWS SQS documentation).
+IAM_ACTION_OVERRIDES = {("sqs", "delete_message_batch"): "sqs:DeleteMessage"}
 
 
 def iam_action(service: str, operation: str) -> str:
@@ -715,109 +760,271 @@ def iam_action(service: str, operation: str) -> str:
     import botocore.session
     from botocore import xform_name
 
+    if (service, operation) in IAM_ACTION_OVERRIDES:
+        return IAM_ACTION_OVERRIDES[service, operation]
     model = botocore.session.get_session().get_service_model(service)
     names = [op for op in model.operation_names if xform_name(op) == operation]
     assert names, f"{service} has no operation {operation!r}"
     return f"{model.signing_name}:{names[0]}"
 
 
-def aws_policy_actions() -> set[str]:
-    policy = json.loads((IAM / "aws-policy.json").read_text())
+# What a call needs besides its own action.
+AWS_IMPLIED_ACTIONS = {
+    ("ec2", "run_instances"): {
+        "ec2:CreateTags",  # TagSpecifications: instances and volumes are tagged at launch
+        "iam:PassRole",  # IamInstanceProfile, with executor.options.aws.instance_profile
+    },
+}
+
+AWS_POLICIES = {
+    "aws-policy.json": "providers/aws.py",
+    "aws-executor-policy.json": "arbiter/executors/cloud_aws.py",
+    "aws-interruptions-policy.json": "arbiter/interruptions/aws_sqs.py",
+}
+
+
+def aws_policy_statements(filename: str) -> list[dict[str, Any]]:
+    policy = json.loads((IAM / filename).read_text())
+    assert policy["Version"] == "2012-10-17"
+    statements: list[dict[str, Any]] = policy["Statement"]
+    assert all(s["Effect"] == "Allow" for s in statements)
+    return statements
+
+
+def aws_policy_actions(filename: str = "aws-policy.json") -> set[str]:
     actions: set[str] = set()
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow"
-        actions.update(statement["Action"])
+    for statement in aws_policy_statements(filename):
+        action = statement["Action"]
+        actions.update([action] if isinstance(action, str) else action)
     return actions
 
 
-def test_the_aws_policy_allows_exactly_the_calls_the_aws_source_makes() -> None:
-    calls = aws_calls()
-    assert ("ec2", "describe_spot_price_history") in calls  # the scan finds calls at all
+@pytest.mark.parametrize("filename", sorted(AWS_POLICIES))
+def test_each_aws_policy_allows_exactly_the_calls_its_module_makes(filename: str) -> None:
+    calls = boto3_calls(AWS_POLICIES[filename])
+    assert calls, f"no boto3 call found in {AWS_POLICIES[filename]}: the scan is broken"
     needed = {iam_action(service, operation) for service, operation in calls}
-    assert aws_policy_actions() == needed
+    for call in calls:
+        needed |= AWS_IMPLIED_ACTIONS.get(call, set())
+    assert aws_policy_actions(filename) == needed
 
 
-def test_the_aws_source_builds_clients_only_for_the_services_in_the_policy() -> None:
+def test_the_scan_finds_the_calls_that_launch_and_release_capacity() -> None:
+    assert {("ec2", "run_instances"), ("ec2", "terminate_instances")} <= boto3_calls(
+        "arbiter/executors/cloud_aws.py"
+    )
+    assert {("sqs", "receive_message"), ("sqs", "delete_message_batch")} <= boto3_calls(
+        "arbiter/interruptions/aws_sqs.py"
+    )
+
+
+@pytest.mark.parametrize("filename", sorted(AWS_POLICIES))
+def test_each_aws_module_builds_clients_only_for_the_services_in_its_policy(
+    filename: str,
+) -> None:
     # clients come from the shared cache: ``self._clients.get("ec2", region, ...)``
-    created = {
-        str(node.args[0].value)
-        for node in ast.walk(provider_tree("aws"))
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and (
-            node.func.attr == "client"
-            or (
-                node.func.attr == "get"
-                and isinstance(node.func.value, ast.Attribute)
-                and node.func.value.attr == "_clients"
-            )
-        )
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
+    created = set(boto3_client_factories(module_tree(AWS_POLICIES[filename])).values())
+    services = {a.split(":")[0] for a in aws_policy_actions(filename)} - {"iam"}
+    assert created == services
+
+
+def sdk_modules(marker: str) -> set[str]:
+    """The modules of arbiter/ and providers/ whose code contains ``marker``."""
+    return {
+        str(path.relative_to(ROOT))
+        for folder in ("arbiter", "providers")
+        for path in (ROOT / folder).rglob("*.py")
+        if marker in path.read_text()
     }
-    assert created == {action.split(":")[0] for action in aws_policy_actions()}
 
 
-def test_the_aws_policy_only_reads() -> None:
-    verbs = {action.split(":")[1] for action in aws_policy_actions()}
+def test_every_module_that_calls_a_cloud_api_has_its_permissions_in_deploy_iam() -> None:
+    assert sdk_modules("self._clients.get(") == set(AWS_POLICIES.values())
+    assert sdk_modules("from google.cloud import compute_v1") == set(GCP_ROLES.values())
+    assert sdk_modules("ComputeManagementClient(") == set(AZURE_ROLES.values())
+
+
+def test_the_aws_market_data_policy_only_reads() -> None:
+    verbs = {action.split(":")[1] for action in aws_policy_actions("aws-policy.json")}
     assert all(v.startswith(("Describe", "Get", "List")) for v in verbs), verbs
 
 
-def gcp_permissions_used() -> set[str]:
-    """``compute.<resource>.<verb>`` for each method called on a google-cloud-compute
-    client in providers/gcp.py (``with compute_v1.XClient(...) as client``)."""
-    from google.cloud import compute_v1
+def test_the_aws_executor_tags_only_at_launch_and_terminates_only_instances_it_tagged() -> None:
+    from arbiter.executors.cloud import TAG_GROUP
 
-    verbs = {"list": "list", "aggregated_list": "list", "get": "get"}
-    used: set[str] = set()
-    for node in ast.walk(provider_tree("gcp")):
-        if not isinstance(node, ast.With):
-            continue
-        clients: dict[str, str] = {}
-        for item in node.items:
-            call = item.context_expr
-            if (
-                isinstance(call, ast.Call)
-                and isinstance(call.func, ast.Attribute)
-                and isinstance(call.func.value, ast.Name)
-                and call.func.value.id == "compute_v1"
+    by_action = {
+        action: statement
+        for statement in aws_policy_statements("aws-executor-policy.json")
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else [])
+    }
+    tags = by_action["ec2:CreateTags"]["Condition"]
+    assert tags == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+    terminate = by_action["ec2:TerminateInstances"]["Condition"]
+    assert terminate == {"Null": {f"aws:ResourceTag/{TAG_GROUP}": "false"}}
+    passed = by_action["iam:PassRole"]["Condition"]
+    assert passed == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+
+
+def test_the_aws_interruption_policy_reads_and_deletes_only_its_queue() -> None:
+    (queue,) = [
+        s for s in aws_policy_statements("aws-interruptions-policy.json") if "sqs:" in str(s)
+    ]
+    assert queue["Resource"].startswith("arn:aws:sqs:")  # one queue, not "*"
+
+
+def _compute_client(node: ast.expr) -> str | None:
+    """``XClient`` for ``compute_v1.XClient`` or ``compute_v1.XClient(...)``."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "compute_v1"
+        and node.attr.endswith("Client")
+    ):
+        from google.cloud import compute_v1
+
+        assert hasattr(compute_v1, node.attr), node.attr
+        return node.attr
+    return None
+
+
+def gcp_calls(relative: str) -> set[tuple[str, str]]:
+    """``(client class, method)`` for each Compute Engine call of a module: on a client
+    bound by ``with compute_v1.XClient(...) as name`` (within that block), or on
+    ``self._client("name")`` where a ``{"name": compute_v1.XClient}`` table makes them."""
+    tree = module_tree(relative)
+    calls: set[tuple[str, str]] = set()
+    factory: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                client = _compute_client(value)
+                if client and isinstance(key, ast.Constant):
+                    factory[str(key.value)] = client
+        if isinstance(node, ast.With):
+            bound = {
+                item.optional_vars.id: client
+                for item in node.items
+                if (client := _compute_client(item.context_expr))
                 and isinstance(item.optional_vars, ast.Name)
-            ):
-                assert hasattr(compute_v1, call.func.attr), call.func.attr
-                clients[item.optional_vars.id] = call.func.attr
-        for inner in (n for stmt in node.body for n in ast.walk(stmt)):
-            if (
-                isinstance(inner, ast.Call)
-                and isinstance(inner.func, ast.Attribute)
-                and isinstance(inner.func.value, ast.Name)
-                and inner.func.value.id in clients
-            ):
-                client = clients[inner.func.value.id].removesuffix("Client")
-                resource = client[0].lower() + client[1:]
-                method = inner.func.attr
-                assert method in verbs, f"{client}.{method}: add its permission to this test"
-                used.add(f"compute.{resource}.{verbs[method]}")
-    return used
+            }
+            for inner in (n for stmt in node.body for n in ast.walk(stmt)):
+                if (
+                    isinstance(inner, ast.Call)
+                    and isinstance(inner.func, ast.Attribute)
+                    and isinstance(inner.func.value, ast.Name)
+                    and inner.func.value.id in bound
+                ):
+                    calls.add((bound[inner.func.value.id], inner.func.attr))
+    made = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "_client"
+    ]
+    used = 0
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Call)
+            and node.func.value in made
+        ):
+            name = _string_arg(node.func.value)
+            assert name in factory, ast.unparse(node)
+            calls.add((factory[name], node.func.attr))
+            used += 1
+    assert used == len(made), "a client kept in a variable: the scan would miss its calls"
+    return calls
 
 
-def test_the_gcp_role_has_exactly_the_permissions_the_gcp_source_needs() -> None:
-    role = yaml.safe_load((IAM / "gcp-role.yaml").read_text())
-    used = gcp_permissions_used()
-    assert "compute.machineTypes.list" in used  # the scan finds calls at all
-    assert set(role["includedPermissions"]) == used
+# Permissions per Compute Engine call (the API reference's "IAM permissions" of each
+# method, and of the request fields arbiter sets). A call not in the table fails the
+# test below, naming the call.
+GCP_PERMISSIONS = {
+    ("MachineTypesClient", "aggregated_list"): {"compute.machineTypes.list"},
+    ("MachineTypesClient", "get"): {"compute.machineTypes.get"},
+    ("RegionsClient", "list"): {"compute.regions.list"},
+    ("RegionsClient", "get"): {"compute.regions.get"},
+    ("InstancesClient", "aggregated_list"): {"compute.instances.list"},
+    ("InstancesClient", "insert_unary"): {
+        "compute.instances.create",
+        "compute.disks.create",  # the boot disk (initialize_params)
+        "compute.subnetworks.use",  # the network interface
+        "compute.instances.setMetadata",  # startup-script, arbiter-offer-key
+        "compute.instances.setLabels",  # arbiter-group, ...
+        "compute.images.useReadOnly",  # an image of your own project
+        "compute.subnetworks.useExternalIp",  # external_ip = true
+        "compute.instances.setServiceAccount",  # service_account
+    },
+    ("InstancesClient", "delete_unary"): {
+        "compute.instances.delete",
+        "compute.disks.delete",  # the boot disk, auto-deleted with the instance
+    },
+    ("ZoneOperationsClient", "wait"): {"compute.zoneOperations.get"},
+}
+
+GCP_ROLES = {
+    "gcp-role.yaml": "providers/gcp.py",
+    "gcp-executor-role.yaml": "arbiter/executors/cloud_gcp.py",
+}
+
+
+def gcp_permissions_used(relative: str = "providers/gcp.py") -> set[str]:
+    calls = gcp_calls(relative)
+    unknown = calls - set(GCP_PERMISSIONS)
+    assert not unknown, f"new Compute Engine calls {sorted(unknown)}: add their permissions"
+    return set().union(*(GCP_PERMISSIONS[call] for call in calls))
+
+
+@pytest.mark.parametrize("filename", sorted(GCP_ROLES))
+def test_each_gcp_role_has_exactly_the_permissions_its_module_needs(filename: str) -> None:
+    role = yaml.safe_load((IAM / filename).read_text())
+    assert gcp_calls(GCP_ROLES[filename]), "no Compute Engine call found: the scan is broken"
+    assert set(role["includedPermissions"]) == gcp_permissions_used(GCP_ROLES[filename])
     assert role["stage"] == "GA" and role["title"]
+
+
+def test_the_gcp_scan_finds_the_calls_that_launch_and_release_capacity() -> None:
+    assert {("InstancesClient", "insert_unary"), ("InstancesClient", "delete_unary")} <= (
+        gcp_calls("arbiter/executors/cloud_gcp.py")
+    )
+    assert ("MachineTypesClient", "aggregated_list") in gcp_calls("providers/gcp.py")
 
 
 # Azure's SDK carries no machine-readable map from operations to RBAC actions: this
 # table is it. A call that is not in it fails the test below, naming the call.
 AZURE_ACTIONS = {
-    ("resource_skus", "list"): "Microsoft.Compute/skus/read",
-    ("usage", "list"): "Microsoft.Compute/locations/usages/read",
+    ("resource_skus", "list"): {"Microsoft.Compute/skus/read"},
+    ("usage", "list"): {"Microsoft.Compute/locations/usages/read"},
+    ("virtual_machines", "list"): {"Microsoft.Compute/virtualMachines/read"},
+    ("virtual_machines", "begin_create_or_update"): {
+        "Microsoft.Compute/virtualMachines/write",
+        "Microsoft.Compute/disks/write",  # the managed OS disk, made with the VM
+        "Microsoft.Compute/images/read",  # an image resource id instead of a marketplace one
+        "Microsoft.Network/networkInterfaces/write",  # the NIC, made with the VM
+        "Microsoft.Network/networkInterfaces/join/action",
+        "Microsoft.Network/virtualNetworks/subnets/join/action",  # on subnet_id
+        "Microsoft.Compute/locations/operations/read",  # polling the long-running operation
+    },
+    ("virtual_machines", "begin_delete"): {
+        "Microsoft.Compute/virtualMachines/delete",
+        "Microsoft.Compute/disks/delete",  # deleteOption = Delete
+        "Microsoft.Network/networkInterfaces/delete",  # deleteOption = Delete
+        "Microsoft.Compute/locations/operations/read",
+    },
+}
+
+AZURE_ROLES = {
+    "azure-role.json": "providers/azure.py",
+    "azure-executor-role.json": "arbiter/executors/cloud_azure.py",
 }
 
 
-def azure_calls() -> set[tuple[str, str]]:
-    """``(operation group, method)`` for each ARM call in providers/azure.py."""
+def azure_calls(relative: str = "providers/azure.py") -> set[tuple[str, str]]:
+    """``(operation group, method)`` for each ARM call in a module."""
     from azure.core.credentials import AccessToken
     from azure.mgmt.compute import ComputeManagementClient
 
@@ -829,7 +1036,7 @@ def azure_calls() -> set[tuple[str, str]]:
     groups = {name for name in vars(client) if not name.startswith("_")}
     client.close()
     calls = set()
-    for node in ast.walk(provider_tree("azure")):
+    for node in ast.walk(module_tree(relative)):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -840,15 +1047,41 @@ def azure_calls() -> set[tuple[str, str]]:
     return calls
 
 
-def test_the_azure_role_has_exactly_the_actions_the_azure_source_needs() -> None:
-    role = json.loads((IAM / "azure-role.json").read_text())
-    calls = azure_calls()
+@pytest.mark.parametrize("filename", sorted(AZURE_ROLES))
+def test_each_azure_role_has_exactly_the_actions_its_module_needs(filename: str) -> None:
+    role = json.loads((IAM / filename).read_text())
+    calls = azure_calls(AZURE_ROLES[filename])
     assert ("resource_skus", "list") in calls  # the scan finds calls at all
     unknown = calls - set(AZURE_ACTIONS)
     assert not unknown, f"new ARM calls {sorted(unknown)}: add their actions to the role"
-    assert set(role["Actions"]) == {AZURE_ACTIONS[call] for call in calls}
+    assert set(role["Actions"]) == set().union(*(AZURE_ACTIONS[call] for call in calls))
     assert role["NotActions"] == role["DataActions"] == role["NotDataActions"] == []
     assert role["IsCustom"] is True
+
+
+def test_the_azure_scan_finds_the_calls_that_launch_and_release_capacity() -> None:
+    assert {
+        ("virtual_machines", "begin_create_or_update"),
+        ("virtual_machines", "begin_delete"),
+    } <= azure_calls("arbiter/executors/cloud_azure.py")
+
+
+def test_the_market_data_identity_never_writes() -> None:
+    assert all(
+        a.split(":")[1].startswith(("Describe", "Get", "List"))
+        for a in aws_policy_actions("aws-policy.json")
+    )
+    gcp = yaml.safe_load((IAM / "gcp-role.yaml").read_text())["includedPermissions"]
+    assert all(p.endswith((".list", ".get")) for p in gcp)
+    azure = json.loads((IAM / "azure-role.json").read_text())["Actions"]
+    assert all(a.endswith("/read") for a in azure)
+
+
+def test_the_iam_readme_lists_every_file_in_deploy_iam() -> None:
+    readme = (IAM / "README.md").read_text()
+    for path in sorted(IAM.iterdir()):
+        if path.name != "README.md":
+            assert f"`{path.name}`" in readme, path.name
 
 
 # -- PostgreSQL roles -------------------------------------------------------------------
