@@ -1604,6 +1604,31 @@ def _feasible(model: _Model, values: FloatArray) -> bool:
     )
 
 
+def _owners(model: _Model, c: _Candidates) -> IntArray:
+    """The workload of each integer variable (x, u, z); -1 for the others."""
+    owner = np.full(model.n_vars, -1, dtype=np.int64)
+    owner[: len(model.cols)] = c.workload[model.cols]
+    for var in (model.unplaced_var, model.placed_var):
+        owner[var[var >= 0]] = np.flatnonzero(var >= 0)
+    return owner
+
+
+def _penalised(model: _Model) -> tuple[FloatArray, float]:
+    """Phase one and two at once, for the starts: the real cost plus a penalty far
+    above it per missing unit; and the penalty."""
+    top = float(model.cost[: len(model.cols)].max(initial=0.0))
+    penalty = 1e3 * max(top, 1.0)
+    return model.cost + penalty * _units_cost(model), penalty
+
+
+def _better(model: _Model, a: FloatArray, b: FloatArray) -> bool:
+    """``a`` misses fewer units than ``b``, or as many at a lower cost."""
+    return (round(_missing(model, a)), float(model.cost @ a)) < (
+        round(_missing(model, b)),
+        float(model.cost @ b),
+    )
+
+
 def _rounded_start(
     model: _Model,
     d: _Demands,
@@ -1621,13 +1646,13 @@ def _rounded_start(
     small groups that share no row once the fixed ones are fixed, each solved as a
     MILP (small ones together), starting with its workloads unplaced — feasible: the
     fixed workloads alone keep every shared row, as in the LP. With
-    ``missing_no_more_than_start`` no workload may miss more units than in ``start``
-    (for phase two, once ``start`` has the fewest), and the groups start from
-    ``start``. Only a start, checked before use: HiGHS's own heuristics find one as
-    good, but only after its root cut loop, and the more fractional workloads at once,
-    the later.
+    ``missing_no_more_than_start`` (for phase two, once ``start`` misses the fewest) no
+    workload may miss more units than in ``start``, only workloads the LP places
+    exactly as ``start`` does are fixed (RINS), and the groups start from ``start``,
+    which keeps their rows. Only a start, checked before use: HiGHS's own heuristics
+    find one as good, but only after its root cut loop, and the more fractional
+    workloads at once, the later.
     """
-    m = len(model.cols)
     lower, upper = model.lower.copy(), model.upper.copy()
     base = model.trivial  # every workload unplaced
     if missing_no_more_than_start:
@@ -1638,8 +1663,7 @@ def _rounded_start(
         base = start
     bounded = dataclasses.replace(model, lower=lower, upper=upper)
     h = _highs(bounded, time_limit=time_limit, mip_rel_gap=0.0)
-    penalty = 1e3 * max(float(model.cost[:m].max(initial=0.0)), 1.0)
-    cost = model.cost + penalty * _units_cost(model)
+    cost, penalty = _penalised(model)
     h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), cost)
     h.setOptionValue("solve_relaxation", True)
     h.run()
@@ -1647,15 +1671,18 @@ def _rounded_start(
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal or seconds >= time_limit:
         return start, seconds
     lp = np.asarray(h.getSolution().col_value, dtype=np.float64)
-    # The workload of each integer variable (x, u, z); -1 for the others.
-    owner = np.full(model.n_vars, -1, dtype=np.int64)
-    owner[:m] = c.workload[model.cols]
-    for var in (model.unplaced_var, model.placed_var):
-        owner[var[var >= 0]] = np.flatnonzero(var >= 0)
+    owner = _owners(model, c)
     integer = owner >= 0
     fractional = integer & (np.abs(lp - np.rint(lp)) > 1e-6)
     whole = np.ones(len(d.replicas), dtype=np.bool_)
     whole[owner[fractional]] = False
+    if missing_no_more_than_start:
+        # Fix only where the LP agrees with the start (RINS): the start then keeps
+        # every group's rows.
+        agree = np.ones(len(d.replicas), dtype=np.bool_)
+        agree[owner[integer & (np.abs(lp - start) > 1e-6)]] = False
+        whole &= agree
+        lp = np.where(integer & whole[owner], start, lp)
     fixed = integer & whole[owner]
     found = np.where(fixed, np.rint(lp), lp)
     label = _components(model, ~fixed)
@@ -1685,24 +1712,24 @@ def _rounded_start(
         # The batches share the time by size; one that runs out keeps its start.
         share = (time_limit - seconds) * len(keep) / int((batch >= b).sum())
         h = _highs(sub, time_limit=share, mip_rel_gap=mip_rel_gap)
-        h.changeColsCost(sub.n_vars, np.arange(sub.n_vars, dtype=np.int32), cost[keep])
-        # The missing units as a count (≥ 0), so that the relative gap means something.
-        counted = np.isin(model.slack, keep) & (model.slack_units < 0)
-        h.changeObjectiveOffset(-penalty * float(model.slack_units[counted].sum()))
+        if not missing_no_more_than_start:  # else no workload can miss fewer
+            h.changeColsCost(sub.n_vars, np.arange(sub.n_vars, dtype=np.int32), cost[keep])
+            # The missing units as a count (≥ 0), so that the gap means something.
+            counted = np.isin(model.slack, keep) & (model.slack_units < 0)
+            h.changeObjectiveOffset(-penalty * float(model.slack_units[counted].sum()))
         run = _run_once(h, base[keep])
         seconds += run.seconds
         found[keep] = run.values
-    better = (round(_missing(model, found)), float(model.cost @ found)) < (
-        round(_missing(model, start)),
-        float(model.cost @ start),
-    )
-    if better and _feasible(model, found):
+    if _better(model, found, start) and _feasible(model, found):
         return found, seconds
     return start, seconds
 
 
 _AIDS = 0.2
 """Share of the time left that the floors and each rounded start may take."""
+_QUICK = 0.5
+"""Seconds each phase runs plainly before its aids are brought in: most problems are
+solved by then, and the aids cost more than that."""
 
 
 def _solve_model(
@@ -1717,58 +1744,74 @@ def _solve_model(
     mip_abs_gap: float = 0.0,
 ) -> _Run:
     """Phase one: the fewest missing units (skipped when the start misses none, as
-    none is the least). Phase two: the cheapest placement missing no more."""
-    elsewhere, solves = 0.0, 0
-    if _missing(model, start) > 0.5:
-        floors, elsewhere = _budget_floors(p, d, c, model, start, _AIDS * time_limit)
-        model = _with_rows(model, floors)
-    start, seconds = _rounded_start(
-        model, d, c, start, time_limit=_AIDS * (time_limit - elsewhere), mip_rel_gap=mip_rel_gap
-    )
-    elsewhere += seconds
+    none is the least). Phase two: the cheapest placement missing no more. Each runs
+    plainly for a moment; if that does not settle it, it runs again with the aids:
+    the budget floors and a rounded start for phase one, a RINS start for phase two."""
     # HiGHS's run time is counted over every run of one instance; the time limit is
-    # per run.
+    # per run. ``elsewhere``: the seconds of the aids' own solves.
     h = _highs(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap)
-    missing = _missing(model, start)
-    if missing > 0.5:
+    elsewhere, solves = 0.0, 0
+
+    def left() -> float:
+        return time_limit - elsewhere - float(h.getRunTime())
+
+    def attempt(values: FloatArray, seconds: float) -> _Run:
+        h.setOptionValue("time_limit", max(min(seconds, left()), 1e-3))
+        run = _run_once(h, values)
+        run.seconds = elsewhere + float(h.getRunTime())
+        return run
+
+    fewest = start
+    if _missing(model, start) > 0.5:
         _count_missing(h, model)
-        h.setOptionValue("time_limit", max(time_limit - elsewhere, 1e-3))
-        first = _run_once(h, start)
-        first.seconds += elsewhere
+        first = attempt(start, _QUICK)
+        if not first.optimal and left() > 0:
+            rows, seconds = _budget_floors(p, d, c, model, start, _AIDS * left())
+            elsewhere += seconds
+            model = _with_rows(model, rows)
+            for index, value, lower in rows:
+                h.addRow(lower, highspy.kHighsInf, len(index), index.astype(np.int32), value)
+            better = first.values if _better(model, first.values, start) else start
+            rounded, seconds = _rounded_start(
+                model, d, c, better, time_limit=_AIDS * left(), mip_rel_gap=mip_rel_gap
+            )
+            elsewhere += seconds
+            first = attempt(rounded, math.inf)
+            # Phase one's placement ignores cost: the rounded one may miss as few.
+            if _missing(model, rounded) < _missing(model, first.values) + 0.5:
+                start = rounded
         if not first.optimal:
             return first
         solves = 1
-        # Phase one's placement ignores cost: the start before it may be as good and
-        # cheaper.
         fewest = first.values
-        if _missing(model, start) < _missing(model, fewest) + 0.5 and (
-            model.cost @ start < model.cost @ fewest
+        if model.cost @ start < model.cost @ fewest and (
+            _missing(model, start) < _missing(model, fewest) + 0.5
         ):
             fewest = start
-        start, seconds = _rounded_start(
-            model,
-            d,
-            c,
-            fewest,
-            time_limit=_AIDS * (time_limit - first.seconds),
-            mip_rel_gap=mip_rel_gap,
-            missing_no_more_than_start=True,
-        )
-        elsewhere += seconds
-        missing = _missing(model, start)
         h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), model.cost)
         h.changeObjectiveOffset(0.0)
         _set_gaps(h, mip_rel_gap, mip_abs_gap)
     h.addRow(
         -highspy.kHighsInf,
-        missing - model.units_offset + 0.5,
+        _missing(model, fewest) - model.units_offset + 0.5,
         len(model.slack),
         model.slack.astype(np.int32),
         model.slack_units,
     )
-    h.setOptionValue("time_limit", max(time_limit - elsewhere - h.getRunTime(), 1e-3))
-    second = _run_once(h, start)
-    second.seconds += elsewhere
+    second = attempt(fewest, _QUICK)
+    if not second.optimal and left() > 0:
+        better = second.values if model.cost @ second.values < model.cost @ fewest else fewest
+        rins, seconds = _rounded_start(
+            model,
+            d,
+            c,
+            better,
+            time_limit=_AIDS * left(),
+            mip_rel_gap=mip_rel_gap,
+            missing_no_more_than_start=True,
+        )
+        elsewhere += seconds
+        second = attempt(rins, math.inf)
     second.solves = solves + 1
     return second
 
