@@ -202,3 +202,24 @@ def test_a_region_the_catalog_does_not_know_is_never_placed_in(
 ) -> None:
     for offer in placed_offers(decided(workloads, policy, snapshot)):
         assert CATALOG.get(*region(offer.region_key)) is not None, offer.region_key
+
+
+crowded_snapshots = st.lists(
+    offer_states(), min_size=12, max_size=48, unique_by=lambda s: s.offer.key
+).map(lambda offers: MarketSnapshot.make(taken_at=NOW, offers=tuple(offers), carbon=()))
+"""Many offers per region, so that many columns are alike."""
+
+
+@settings(DECIDE, max_examples=200)
+@given(workload_lists(), eu_policies(), crowded_snapshots)
+def test_leaving_out_the_columns_the_solver_would_drop_changes_no_decision(
+    workloads: list[Workload], policy: Policy, snapshot: MarketSnapshot
+) -> None:
+    book = PolicyBook((policy,))
+    reduced = decide(workloads, book, snapshot, CATALOG, NOW, time_limit=10.0)
+    full = decide(workloads, book, snapshot, CATALOG, NOW, time_limit=10.0, reduce=False)
+    event("columns left out" if reduced.columns < full.columns else "no column left out")
+    assert reduced.decisions == full.decisions
+    assert reduced.solution.workloads == full.solution.workloads
+    assert reduced.solution.columns_after == full.solution.columns_after
+    assert reduced.solution.total_cost == full.solution.total_cost
