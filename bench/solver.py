@@ -11,14 +11,21 @@ regions with one of its 1–3 accelerator models and an instance its replica fit
 
 Times: ``build_reduce`` is everything :func:`solve` does outside HiGHS (checks,
 reduction, the greedy start, building the matrix, reading the result); ``solve`` is
-HiGHS's run time. ``gap`` is the solver's: of the cost once the number of unplaced
-replicas is settled, else (``time_limited``) of phase one's objective, cost plus a
-large penalty per unplaced replica. ``unplaced_replicas`` counts the replicas of
-replica-sized workloads left unplaced and ``unplaced_targets`` the throughput targets.
+HiGHS's run time, over every solve (both phases, the budget floors, the rounded
+starts). ``gap`` is the solver's: of the cost once the number of missing units is
+settled, else (``time_limited`` in phase one) of the missing units.
+``unplaced_replicas`` counts the replicas of replica-sized workloads left unplaced and
+``unplaced_targets`` the throughput targets. ``components`` describes how the
+workloads fall apart when only shared bounded offers and budget groups couple them.
+
+Each size is also solved without its budget groups (``no_budgets``: capacity and
+spread only), reported alongside, never instead: the budgets are what makes phase one
+hard, and the difference says how much.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -141,11 +148,50 @@ def generate(n_workloads: int, n_offers: int, seed: int) -> Problem:
     )
 
 
+def without_budgets(p: Problem) -> Problem:
+    """The same problem with no workload in a budget group."""
+    return dataclasses.replace(
+        p, workloads=[dataclasses.replace(w, budget_group=None) for w in p.workloads]
+    )
+
+
+def components(p: Problem) -> dict[str, int]:
+    """How the workloads of the solver's model fall apart: those sharing a row of it
+    (a bounded offer that can bind, a budget group) are one component. Read through
+    the solver's internals: only the benchmark needs it."""
+    from arbiter.domain import solver
+
+    d = solver._Demands.of(p.workloads)
+    c = solver._prepare(p, d)
+    cols = solver._reduce(p, d, c)
+    model = solver._build(p, d, c, cols)
+    label = solver._components(model, np.ones(model.n_vars, dtype=np.bool_))
+    per_workload = np.unique(np.stack([label[: len(cols)], c.workload[cols]]), axis=1)
+    sizes = np.unique(per_workload[0], return_counts=True)[1]
+    return {
+        "count": len(sizes),
+        "largest": int(sizes.max(initial=0)),
+        "alone": int((sizes == 1).sum()),
+    }
+
+
 def run_size(n_workloads: int, n_offers: int, runs: int) -> dict[str, Any]:
     seed = n_workloads * 7 + n_offers
     start = time.perf_counter()
     problem = generate(n_workloads, n_offers, seed)
     generate_seconds = time.perf_counter() - start
+    result = {
+        "workloads": n_workloads,
+        "offers": n_offers,
+        "seed": seed,
+        "generate_seconds": round(generate_seconds, 2),
+        **measure(problem, runs),
+    }
+    result["no_budgets"] = measure(without_budgets(problem), runs)
+    return result
+
+
+def measure(problem: Problem, runs: int) -> dict[str, Any]:
     walls, solves, build = [], [], []
     solution = None
     for _ in range(runs):
@@ -170,11 +216,8 @@ def run_size(n_workloads: int, n_offers: int, runs: int) -> dict[str, Any]:
         if w.replicas is None
     )
     return {
-        "workloads": n_workloads,
-        "offers": n_offers,
-        "seed": seed,
         "runs": runs,
-        "generate_seconds": round(generate_seconds, 2),
+        "components": components(problem),
         "columns_before": solution.columns_before,
         "columns_after": solution.columns_after,
         "solves": solution.solves,

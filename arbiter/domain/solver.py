@@ -960,8 +960,7 @@ def _minimal_patterns(levels: FloatArray, target: float) -> IntArray | None:
     ``target``: one replica fewer at any level used falls short. None when there are
     more than the limit (or too many to enumerate)."""
     reach = np.ceil(target / levels - _EPS).astype(np.int64)
-    box = np.prod(reach[:-1] + 1)
-    if box > _PATTERN_BOX:
+    if math.prod(int(r) + 1 for r in reach[:-1]) > _PATTERN_BOX:  # Python ints: no overflow
         return None
     grids = np.meshgrid(*[np.arange(r + 1) for r in reach[:-1]], indexing="ij")
     head = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
@@ -1764,14 +1763,16 @@ def _solve_model(
     fewest = start
     if _missing(model, start) > 0.5:
         _count_missing(h, model)
-        first = attempt(start, _QUICK)
-        if not first.optimal and left() > 0:
+        first = attempt(start, _QUICK) if _QUICK > 0 else None
+        if first is None or (not first.optimal and left() > 0):
             rows, seconds = _budget_floors(p, d, c, model, start, _AIDS * left())
             elsewhere += seconds
             model = _with_rows(model, rows)
             for index, value, lower in rows:
                 h.addRow(lower, highspy.kHighsInf, len(index), index.astype(np.int32), value)
-            better = first.values if _better(model, first.values, start) else start
+            better = start
+            if first is not None and _better(model, first.values, start):
+                better = first.values
             rounded, seconds = _rounded_start(
                 model, d, c, better, time_limit=_AIDS * left(), mip_rel_gap=mip_rel_gap
             )
@@ -1781,6 +1782,9 @@ def _solve_model(
             if _missing(model, rounded) < _missing(model, first.values) + 0.5:
                 start = rounded
         if not first.optimal:
+            # Out of time: phase one's placement, or the start if it misses as few.
+            if not _better(model, first.values, start):
+                first.values = start
             return first
         solves = 1
         fewest = first.values
@@ -1798,9 +1802,11 @@ def _solve_model(
         model.slack.astype(np.int32),
         model.slack_units,
     )
-    second = attempt(fewest, _QUICK)
-    if not second.optimal and left() > 0:
-        better = second.values if model.cost @ second.values < model.cost @ fewest else fewest
+    second = attempt(fewest, _QUICK) if _QUICK > 0 else None
+    if second is None or (not second.optimal and left() > 0):
+        better = fewest
+        if second is not None and model.cost @ second.values < model.cost @ fewest:
+            better = second.values
         rins, seconds = _rounded_start(
             model,
             d,

@@ -17,12 +17,15 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from unittest.mock import patch
 
+import highspy
 import numpy as np
 import numpy.typing as npt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from arbiter.domain import solver
 from arbiter.domain.solver import PlacementStatus, Problem, Solution, WorkloadDemand, solve
 
 IntMatrix = npt.NDArray[np.int64]
@@ -425,3 +428,110 @@ def test_the_reduction_never_changes_the_optimum(p: Problem) -> None:
     a, b = solver_score(p, reduced), solver_score(p, full)
     assert a[0] == b[0]
     assert math.isclose(a[1], b[1], rel_tol=1e-6, abs_tol=TOL), (a, b)
+
+
+# ------------------------------------------------------------------------ the aids
+#
+# Each phase first runs plainly for a moment; only a problem it does not settle gets
+# the budget floors, the rounded start and the RINS start. These problems are too
+# small to need them, so here the moment is none.
+
+
+@PROPERTY
+@given(SMALL)
+def test_with_every_aid_the_solver_still_finds_the_brute_force_optimum(p: Problem) -> None:
+    with patch.object(solver, "_QUICK", 0.0):
+        s = solve(p, mip_rel_gap=0.0)
+    check(p, s)
+    assert s.optimal
+    best = brute_force(p)
+    units, cost = solver_score(p, s)
+    assert units == best[0]
+    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_the_aids_never_change_the_optimum(p: Problem) -> None:
+    plain = solve(p, mip_rel_gap=0.0)
+    with patch.object(solver, "_QUICK", 0.0):
+        aided = solve(p, mip_rel_gap=0.0)
+    check(p, aided)
+    a, b = solver_score(p, aided), solver_score(p, plain)
+    assert a[0] == b[0]
+    assert math.isclose(a[1], b[1], rel_tol=1e-6, abs_tol=TOL), (a, b)
+
+
+# ------------------------------------------------------------------- the model parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([40.0, 90.0, 100.0, 150.0, 300.0]), min_size=2, max_size=3, unique=True
+    ),
+    st.sampled_from([100.0, 250.0, 400.0, 777.0]),
+)
+def test_minimal_patterns_are_the_least_replica_counts_that_reach_a_target(
+    speeds: list[float], target: float
+) -> None:
+    levels = np.array(sorted(speeds, reverse=True))
+    patterns = solver._minimal_patterns(levels, target)
+    most = [math.ceil(target / t) for t in levels]
+    expected = set()
+    for counts in itertools.product(*[range(m + 1) for m in most]):
+        reach = float(np.dot(counts, levels))
+        fewer = [reach - t for t, n in zip(levels, counts, strict=True) if n > 0]
+        if reach >= target and all(r < target for r in fewer):
+            expected.add(counts)
+    if patterns is None:  # more than the model takes: then none are used
+        assert len(expected) > solver._PATTERN_LIMIT
+    else:
+        assert {tuple(int(n) for n in row) for row in patterns} == expected
+
+
+def _model(p: Problem) -> solver._Model:
+    d = solver._Demands.of(p.workloads)
+    c = solver._prepare(p, d)
+    return solver._build(p, d, c, solver._reduce(p, d, c))
+
+
+def _optimum(model: solver._Model, cost: FloatArray) -> float:
+    h = solver._highs(model, time_limit=30.0, mip_rel_gap=0.0)
+    h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), cost)
+    h.run()
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    return float(h.getInfo().objective_function_value)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_the_model_solved_component_by_component_has_the_same_optimum(p: Problem) -> None:
+    model = _model(p)
+    if model.n_vars == 0:
+        return
+    cost, _ = solver._penalised(model)  # the real cost plus a penalty per missing unit
+    label = solver._components(model, np.ones(model.n_vars, dtype=np.bool_))
+    whole = _optimum(model, cost)
+    parts = 0.0
+    for c in np.unique(label):
+        keep = np.flatnonzero(label == c)
+        parts += _optimum(solver._submodel(model, keep, model.trivial), cost[keep])
+    assert math.isclose(whole, parts, rel_tol=1e-7, abs_tol=1e-6)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_a_part_solved_with_the_rest_fixed_keeps_every_row_of_the_whole(p: Problem) -> None:
+    model = _model(p)
+    fixed = np.zeros(model.n_vars, dtype=np.bool_)
+    fixed[: len(model.cols) // 2] = True  # half the columns stay unplaced
+    values = model.trivial.copy()
+    label = solver._components(model, ~fixed)
+    for c in np.unique(label[~fixed]):
+        keep = np.flatnonzero(label == c)
+        sub = solver._submodel(model, keep, values)
+        h = solver._highs(sub, time_limit=30.0, mip_rel_gap=0.0)
+        run = solver._run_once(h, values[keep])
+        values[keep] = run.values
+    assert solver._feasible(model, values)
