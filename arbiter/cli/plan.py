@@ -81,8 +81,10 @@ def render_plan(a: Any, *, mode: str, killed: bool) -> str:
         f"{counts['evacuate']} to evacuate, {counts['release']} to release; "
         f"{len(a.plan.holds)} held; {len(a.unfinished)} migration(s) in flight."
     )
-    if mode != "enforce":
-        out.append(f"Mode {mode}: the daemon logs these moves and starts none.")
+    if mode == "recommend":
+        out.append("Mode recommend: the daemon logs these moves and starts none.")
+    elif mode == "observe":
+        out.append("Mode observe: the daemon records decisions and plans none of these moves.")
     return "\n".join(out)
 
 

@@ -117,3 +117,28 @@ def test_plan_writes_nothing(site: tuple[Path, Store]) -> None:
     assert store.decisions.recent() == []
     assert store.migrations.recent() == []
     assert store.pending.all() == {}
+
+
+@pytest.mark.parametrize(
+    ("mode", "footer"),
+    [
+        ("recommend", "Mode recommend: the daemon logs these moves and starts none."),
+        ("observe", "Mode observe: the daemon records decisions and plans none of these moves."),
+        ("enforce", None),
+    ],
+)
+def test_the_table_says_what_the_daemon_does_with_the_plan_in_its_mode(
+    site: tuple[Path, Store], mode: str, footer: str | None
+) -> None:
+    root, _ = site
+    config = root / "config.toml"
+    config.write_text(config.read_text().replace('mode = "recommend"', f'mode = "{mode}"'))
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "plan"], obj=Context(None, None)
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    last = result.stdout.rstrip().splitlines()[-1]
+    if footer is None:
+        assert not last.startswith("Mode ")
+    else:
+        assert last == footer
