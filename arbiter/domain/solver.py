@@ -1760,11 +1760,12 @@ def _solve_model(
         run.seconds = elsewhere + float(h.getRunTime())
         return run
 
-    fewest = start
+    fewest, aided = start, False
     if _missing(model, start) > 0.5:
         _count_missing(h, model)
         first = attempt(start, _QUICK) if _QUICK > 0 else None
         if first is None or (not first.optimal and left() > 0):
+            aided = True
             rows, seconds = _budget_floors(p, d, c, model, start, _AIDS * left())
             elsewhere += seconds
             model = _with_rows(model, rows)
@@ -1807,17 +1808,26 @@ def _solve_model(
         better = fewest
         if second is not None and model.cost @ second.values < model.cost @ fewest:
             better = second.values
-        rins, seconds = _rounded_start(
-            model,
-            d,
-            c,
-            better,
-            time_limit=_AIDS * left(),
-            mip_rel_gap=mip_rel_gap,
-            missing_no_more_than_start=True,
-        )
-        elsewhere += seconds
-        second = attempt(rins, math.inf)
+        # The rounded start when it misses no more (unless phase one had it already),
+        # else RINS around the best placement so far.
+        rounded = better
+        if not aided:
+            rounded, seconds = _rounded_start(
+                model, d, c, better, time_limit=_AIDS * left(), mip_rel_gap=mip_rel_gap
+            )
+            elsewhere += seconds
+        if rounded is better:
+            rounded, seconds = _rounded_start(
+                model,
+                d,
+                c,
+                better,
+                time_limit=_AIDS * left(),
+                mip_rel_gap=mip_rel_gap,
+                missing_no_more_than_start=True,
+            )
+            elsewhere += seconds
+        second = attempt(rounded, math.inf)
     second.solves = solves + 1
     return second
 
