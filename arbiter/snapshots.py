@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from arbiter.domain.market import CapacityKind, CarbonBasis, CarbonUnit, Market
 from arbiter.domain.snapshot import MarketSnapshot, OfferState, ZoneCarbon
-from arbiter.store.repositories import Store
+from arbiter.store.repositories import LatestPrice, Store
 
 DEFAULT_STALE_AFTER = 3600.0
+_QUOTA = {True: CapacityKind.QUOTA_SPOT_GPUS_FREE, False: CapacityKind.QUOTA_GPUS_FREE}
+"""The quota that bounds an offer, by whether it is spot."""
 _BASIS_PREFERENCE = {CarbonBasis.LIFECYCLE: 0, CarbonBasis.DIRECT: 1, CarbonBasis.MARGINAL: 2}
 
 
@@ -41,45 +43,46 @@ def build_snapshot(store: Store, stale_after: Mapping[str, float], now: datetime
         elif s.kind in (CapacityKind.QUOTA_GPUS_FREE, CapacityKind.QUOTA_SPOT_GPUS_FREE):
             quota[(*key, s.kind)] = s.value
 
-    best: dict[str, OfferState] = {}
+    # The freshest price of every offer: fresh before stale, then last seen newest (the
+    # first such source in the store's order on ties).
+    newest: dict[str, tuple[bool, datetime, LatestPrice]] = {}
     for p in store.prices.latest():
+        offer_key = p.offer.key
+        rank = (stale(p.source, p.last_seen), p.last_seen, p)
+        current = newest.get(offer_key)
+        if current is None or (current[0], rank[1]) > (rank[0], current[1]):
+            newest[offer_key] = rank
+
+    offers = []
+    for offer_key in sorted(newest):
+        is_stale, seen, p = newest[offer_key]
         o = p.offer
-        t = types.get((o.provider.value, o.instance_type))
-        kind = (
-            CapacityKind.QUOTA_SPOT_GPUS_FREE
-            if o.market is Market.SPOT
-            else CapacityKind.QUOTA_GPUS_FREE
-        )
-        capacity = quota.get((o.provider.value, o.region, o.instance_type, kind))
-        if available.get((o.provider.value, o.region, o.instance_type)) == 0:
+        # Provider and Market are StrEnums: they look up the same as their values.
+        t = types.get((o.provider, o.instance_type))
+        spot = o.market is Market.SPOT
+        where = (o.provider, o.region, o.instance_type)
+        capacity = quota.get((*where, _QUOTA[spot]))
+        if available.get(where) == 0:
             capacity = 0.0
-        state = OfferState(
-            offer=o,
-            usd_per_hour=p.usd_per_hour,
-            seen_at=p.last_seen,
-            stale=stale(p.source, p.last_seen),
-            accelerator=t.accelerator if t else None,
-            accelerator_count=t.accelerator_count if t else 0,
-            accelerator_memory_gib=t.accelerator_memory_gib if t else None,
-            interruption_bucket=bucket.get((o.provider.value, o.region, o.instance_type))
-            if o.market is Market.SPOT
-            else None,
-            placement_score=score.get((o.provider.value, o.region, o.zone))
-            if o.market is Market.SPOT
-            else None,
-            capacity_gpus=capacity,
+        offers.append(
+            OfferState(
+                offer=o,
+                usd_per_hour=p.usd_per_hour,
+                seen_at=seen,
+                stale=is_stale,
+                accelerator=t.accelerator if t else None,
+                accelerator_count=t.accelerator_count if t else 0,
+                accelerator_memory_gib=t.accelerator_memory_gib if t else None,
+                interruption_bucket=bucket.get(where) if spot else None,
+                placement_score=score.get((o.provider, o.region, o.zone)) if spot else None,
+                capacity_gpus=capacity,
+            )
         )
-        current = best.get(o.key)
-        if current is None or (current.stale, -current.seen_at.timestamp()) > (
-            state.stale,
-            -state.seen_at.timestamp(),
-        ):
-            best[o.key] = state
 
     carbon = choose_carbon(store, stale)
     return MarketSnapshot.make(
         taken_at=now,
-        offers=tuple(best[k] for k in sorted(best)),
+        offers=tuple(offers),
         carbon=tuple(carbon[z] for z in sorted(carbon)),
     )
 
@@ -112,7 +115,20 @@ def _rank(c: ZoneCarbon) -> tuple[bool, int, float]:
 def stale_checker(
     stale_after: Mapping[str, float], now: datetime
 ) -> Callable[[str, datetime], bool]:
+    """Whether data a source last saw at a time is stale: older than the source's
+    ``stale_after`` (the default for sources not listed)."""
+    # now − seen > limit  ⇔  seen < now − limit (datetime arithmetic is exact).
+    cutoffs: dict[str, datetime] = {}
+
     def stale(source: str, seen: datetime) -> bool:
-        return now - seen > timedelta(seconds=stale_after.get(source, DEFAULT_STALE_AFTER))
+        cutoff = cutoffs.get(source)
+        if cutoff is None:
+            limit = timedelta(seconds=stale_after.get(source, DEFAULT_STALE_AFTER))
+            try:
+                cutoff = now - limit
+            except OverflowError:  # a limit beyond year 1: nothing is that old
+                cutoff = datetime.min.replace(tzinfo=UTC)
+            cutoffs[source] = cutoff
+        return seen < cutoff
 
     return stale

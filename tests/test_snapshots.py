@@ -122,3 +122,26 @@ def test_the_same_data_gives_the_same_id_and_a_round_trip_through_json(store: St
     b = build_snapshot(store, {"aws": 3600}, NOW + timedelta(seconds=1))
     assert a.id == b.id
     assert MarketSnapshot.model_validate_json(a.model_dump_json()) == a
+
+
+def test_the_freshest_source_gives_an_offers_price(store: Store) -> None:
+    seen = {"old": NOW - timedelta(minutes=20), "new": NOW - timedelta(minutes=5)}
+    store.prices.record(
+        [
+            PriceQuote(offer=SPOT, usd_per_hour=10 + i, observed_at=at, source=name)
+            for i, (name, at) in enumerate(seen.items())
+        ]
+    )
+    newest = build_snapshot(store, {"old": 3600, "new": 3600}, NOW)
+    assert [(s.usd_per_hour, s.seen_at) for s in newest.offers] == [(11, seen["new"])]
+    # A stale price never wins over a fresh one, however new.
+    fresh_first = build_snapshot(store, {"old": 3600, "new": 60}, NOW)
+    assert [(s.usd_per_hour, s.stale) for s in fresh_first.offers] == [(10, False)]
+
+
+def test_a_source_whose_data_stays_fresh_for_millennia_is_never_stale(store: Store) -> None:
+    store.prices.record(
+        [PriceQuote(offer=SPOT, usd_per_hour=10, observed_at=NOW - timedelta(days=900), source="x")]
+    )
+    snap = build_snapshot(store, {"x": 1e12}, NOW)
+    assert [s.stale for s in snap.offers] == [False]

@@ -11,10 +11,12 @@ import hashlib
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import cached_property
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from arbiter.domain.market import CarbonBasis, Offer
 from arbiter.domain.values import Finite, UtcDatetime, Value
@@ -58,15 +60,15 @@ class MarketSnapshot(Value):
     def make(
         *, taken_at: object, offers: tuple[OfferState, ...], carbon: tuple[ZoneCarbon, ...]
     ) -> MarketSnapshot:
-        """Build a snapshot whose id is a hash of its content (same data, same id)."""
-        body = {
-            "offers": [o.model_dump(mode="json") for o in offers],
-            "carbon": [c.model_dump(mode="json") for c in carbon],
-        }
-        digest = hashlib.sha256(
-            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()[:16]
-        return MarketSnapshot(id=digest, taken_at=taken_at, offers=offers, carbon=carbon)  # type: ignore[arg-type]
+        """Build a snapshot whose id is a hash of its content (same data, same id): of
+        ``{"offers": [...], "carbon": [...]}``, each value as ``model_dump(mode="json")``
+        gives it, written by ``json.dumps`` with sorted keys and no spaces."""
+        return MarketSnapshot(
+            id=content_id(offers, carbon),
+            taken_at=taken_at,  # type: ignore[arg-type]
+            offers=offers,
+            carbon=carbon,
+        )
 
     def carbon_by_zone(self) -> dict[str, ZoneCarbon]:
         return {c.zone: c for c in self.carbon}
@@ -109,6 +111,74 @@ class MarketSnapshot(Value):
         if median is None or per_gpu >= PLAUSIBLE_PRICE_FLOOR * median:
             return None
         return median
+
+
+def content_id(offers: Sequence[OfferState], carbon: Sequence[ZoneCarbon]) -> str:
+    """The id :meth:`MarketSnapshot.make` gives these offers and carbon data.
+
+    An offer state is written field by field, the bytes ``json.dumps`` writes for its
+    ``model_dump(mode="json")`` (at 30,000 offers, dumping and sorting each one's dict
+    took most of building a snapshot): strings escaped as ``json.dumps`` escapes them,
+    once per distinct string; datetimes formatted by pydantic, once per distinct value;
+    floats as ``json.dumps`` writes them (validated, the fields hold floats, not ints).
+    """
+    text = _Escaped()
+    time = _Formatted()
+    number = float.__repr__
+    states = ",".join(
+        _OFFER_STATE_JSON
+        % (
+            text[s.accelerator],
+            number(s.accelerator_count),
+            "null" if s.accelerator_memory_gib is None else number(s.accelerator_memory_gib),
+            "null" if s.capacity_gpus is None else number(s.capacity_gpus),
+            "null" if s.interruption_bucket is None else number(s.interruption_bucket),
+            text[s.offer.instance_type],
+            text[s.offer.market],
+            text[s.offer.provider],
+            text[s.offer.region],
+            text[s.offer.zone],
+            "null" if s.placement_score is None else number(s.placement_score),
+            time[s.seen_at, s.seen_at.tzinfo],
+            "true" if s.stale else "false",
+            number(s.usd_per_hour),
+        )
+        for s in offers
+    )
+    zones = ",".join(
+        json.dumps(c.model_dump(mode="json"), sort_keys=True, separators=(",", ":")) for c in carbon
+    )
+    body = '{"carbon":[' + zones + '],"offers":[' + states + "]}"
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+_OFFER_STATE_JSON = (
+    '{"accelerator":%s,"accelerator_count":%s,"accelerator_memory_gib":%s,'
+    '"capacity_gpus":%s,"interruption_bucket":%s,'
+    '"offer":{"instance_type":%s,"market":%s,"provider":%s,"region":%s,"zone":%s},'
+    '"placement_score":%s,"seen_at":%s,"stale":%s,"usd_per_hour":%s}'
+)
+"""An offer state as ``json.dumps(sort_keys=True, separators=(",", ":"))`` writes it."""
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""How ``json.dumps`` (with ``ensure_ascii``, its default) writes a string."""
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+class _Escaped(dict[str | None, str]):
+    """Strings as JSON, each escaped once; None as null."""
+
+    def __missing__(self, value: str | None) -> str:
+        out = self[value] = "null" if value is None else _json_string(value)
+        return out
+
+
+class _Formatted(dict[tuple[datetime, object], str]):
+    """Datetimes as pydantic writes them in JSON, each formatted once. Keyed by time
+    and zone: equal times in other zones are written apart."""
+
+    def __missing__(self, key: tuple[datetime, object]) -> str:
+        out = self[key] = _json_string(_DATETIME.dump_python(key[0], mode="json"))
+        return out
 
 
 PLAUSIBLE_PRICE_FLOOR = 0.2
