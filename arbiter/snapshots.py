@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import gc
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from arbiter.domain.market import CapacityKind, CarbonBasis, CarbonUnit, Market
@@ -20,7 +22,27 @@ def build_snapshot(store: Store, stale_after: Mapping[str, float], now: datetime
     """The newest price of every offer (the freshest source wins), joined with its
     instance type, capacity signals and its region's carbon intensity, each marked
     stale by its source's ``stale_after``."""
+    # Building it makes a few objects per offer, none in a reference cycle; meanwhile
+    # the cyclic garbage collector would walk every live object of the process several
+    # times over (at 30,000 offers, half the time it takes) and free nothing.
+    with _gc_paused():
+        return _build(store, stale_after, now)
 
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (if it runs), to collect later."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _build(store: Store, stale_after: Mapping[str, float], now: datetime) -> MarketSnapshot:
     stale = stale_checker(stale_after, now)
     types = {(t.provider.value, t.name): t for t in store.instance_types.all()}
     bucket: dict[tuple[str, str, str | None], float] = {}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine
 
 from arbiter.domain.market import (
     CapacityKind,
@@ -13,6 +17,7 @@ from arbiter.domain.market import (
     PriceQuote,
 )
 from arbiter.domain.snapshot import MarketSnapshot
+from arbiter.errors import StoreError
 from arbiter.snapshots import build_snapshot
 from arbiter.store.repositories import Store
 
@@ -145,3 +150,20 @@ def test_a_source_whose_data_stays_fresh_for_millennia_is_never_stale(store: Sto
     )
     snap = build_snapshot(store, {"x": 1e12}, NOW)
     assert [s.stale for s in snap.offers] == [False]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_building_a_snapshot_leaves_the_garbage_collector_as_it_was(
+    store: Store, enabled: bool
+) -> None:
+    fill(store)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        build_snapshot(store, {"aws": 3600}, NOW)
+        assert gc.isenabled() is enabled
+        with pytest.raises(StoreError):
+            build_snapshot(Store(create_engine("sqlite://")), {}, NOW)  # no tables
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -249,7 +249,17 @@ def _undominated(offers: _Offers, cols: _Columns, demand: WorkloadDemand) -> np.
     if demand.max_spot_share < 1:
         cell = cell * 2 + offers.spot[cols.offer]
     at = np.flatnonzero(unbounded)
-    level = cols.throughput[at] if sized else np.zeros(len(at))
+    keep: np.ndarray = ~unbounded
+    if not sized:
+        # Every column serves the same: the first cheapest of each cell is kept.
+        if len(at) and not cell.any():
+            keep[at[np.argmin(cols.cost[at])]] = True
+        elif len(at):
+            order = np.lexsort((at, cols.cost[at], cell[at]))
+            group = cell[at][order]
+            keep[at[order][np.r_[True, group[1:] != group[:-1]]]] = True
+        return keep
+    level = cols.throughput[at]
     order = np.lexsort((at, -level, cols.cost[at], cell[at]))
     at, level, group = at[order], level[order], cell[at][order]
     starts = np.r_[True, group[1:] != group[:-1]] if len(at) else np.zeros(0, dtype=bool)
@@ -259,12 +269,11 @@ def _undominated(offers: _Offers, cols: _Columns, demand: WorkloadDemand) -> np.
     value = (np.cumsum(starts) - 1) * span + rank
     best_before = np.r_[-1, np.maximum.accumulate(value)[:-1]] if len(at) else value
     best_before = np.where(starts, -1, best_before - (np.cumsum(starts) - 1) * span)
-    keep: np.ndarray = ~unbounded
     keep[at[rank > best_before]] = True
     share = min(
         s if 0 < s < 1 else 1.0 for s in (demand.max_share_per_provider, demand.max_spot_share)
     )
-    if sized and share < 1:
+    if share < 1:
         # The solver bounds such a workload's total by its slowest column.
         useful = unbounded & (cols.throughput > 0)
         if demand.max_spot_share <= 0:
