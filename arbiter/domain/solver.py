@@ -1584,6 +1584,8 @@ def _submodel(model: _Model, keep: IntArray, values: FloatArray) -> _Model:
 
 _BATCH_VARIABLES = 400
 """Small components are solved together, up to this many variables at once."""
+_BATCH_SECONDS = 0.1
+"""The least time a batch is given."""
 
 
 def _feasible(model: _Model, values: FloatArray) -> bool:
@@ -1708,8 +1710,10 @@ def _rounded_start(
             return start, seconds
         keep = np.sort(members[batch == b])
         sub = _submodel(bounded, keep, found)
-        # The batches share the time by size; one that runs out keeps its start.
-        share = (time_limit - seconds) * len(keep) / int((batch >= b).sum())
+        # The batches share the time by size, each with a moment at least (HiGHS
+        # does nothing useful in less); one that runs out keeps its start.
+        left = time_limit - seconds
+        share = max(left * len(keep) / int((batch >= b).sum()), min(_BATCH_SECONDS, left))
         h = _highs(sub, time_limit=share, mip_rel_gap=mip_rel_gap)
         if not missing_no_more_than_start:  # else no workload can miss fewer
             h.changeColsCost(sub.n_vars, np.arange(sub.n_vars, dtype=np.int32), cost[keep])
