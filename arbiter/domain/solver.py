@@ -54,11 +54,13 @@ group at a time.
 **Start.** Each phase starts from a placement: a greedy one (each workload in turn on
 the cheapest columns with room and budget left, within its rules), improved by fixing
 the workloads the LP relaxation places whole and solving the rest, which fall apart
-into small independent groups, as small MILPs (:func:`_rounded_start`). Only starts,
-checked before use: the solve is as exact as without them, but HiGHS's own heuristics
-find such placements only after its root cut loop, and on problems this size that is
-most of the time. The floors and the starts each take at most a fifth of the time
-left.
+into small independent groups, as small MILPs (:func:`_rounded_start`); for phase two,
+RINS around phase one's placement (which ignores cost). Only starts, checked before
+use: the solve is as exact as without them, but HiGHS's own heuristics find such
+placements only after its root cut loop, which on large problems is most of the time.
+The floors and the starts come in only when a phase is not settled by half a second
+of plain solving (small problems never need them), and each takes at most a fifth of
+the time left.
 
 **Candidate reduction** (before building the MILP; numpy, no loop per column). Two
 columns of a workload are *interchangeable* when no rule of that workload tells them
