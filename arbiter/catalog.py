@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.util
 import io
+import json
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
@@ -32,7 +34,22 @@ SHIPPED_JURISDICTIONS = "arbiter/data/jurisdictions.toml"
 
 @functools.cache
 def known_countries() -> frozenset[str]:
-    """Every ISO 3166-1 alpha-2 code (from pycountry's copy of the standard)."""
+    """Every ISO 3166-1 alpha-2 code (from pycountry's copy of the standard).
+
+    Read straight from pycountry's database file when it is where pycountry keeps it:
+    importing pycountry (which reads its own version from the package metadata) and
+    building its country objects costs more than every other step of loading the
+    catalog, and ``arbiter status`` loads the catalog.
+    """
+    spec = importlib.util.find_spec("pycountry")
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        database = Path(folder) / "databases" / "iso3166-1.json"
+        try:
+            entries = json.loads(database.read_text(encoding="utf-8"))["3166-1"]
+            return frozenset(str(entry["alpha_2"]) for entry in entries)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     import pycountry
 
     return frozenset(c.alpha_2 for c in pycountry.countries)

@@ -10,6 +10,10 @@ database URLs have their password masked, and the secret values of the configura
 (:func:`register_secrets`) are masked wherever they appear, so neither a careless
 ``log.info(..., url=url)`` nor an error quoting what a server echoed back can leak
 credentials.
+
+structlog is imported by :func:`configure` and :func:`get_logger`, not by this module:
+the read-only commands mask secrets (through the configuration) but never log, and
+they should not pay for structlog's import.
 """
 
 from __future__ import annotations
@@ -19,8 +23,6 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
@@ -65,6 +67,8 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog for the process. ``fmt`` is auto, json or console."""
+    import structlog
+
     stream = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
@@ -93,4 +97,6 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 
 def get_logger(component: str, **context: Any) -> Any:
     """A logger whose every line carries ``component`` and the given context."""
+    import structlog
+
     return structlog.get_logger().bind(component=component, **context)

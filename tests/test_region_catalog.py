@@ -431,3 +431,11 @@ def test_a_bad_jurisdictions_file_is_an_error_naming_it(
         load_jurisdictions([extra])
     assert message in str(err.value)
     assert "mine.toml" in str(err.value)
+
+
+def test_the_known_countries_are_pycountrys_iso_3166_1() -> None:
+    import pycountry
+
+    # read from pycountry's database file, without importing pycountry (start-up time)
+    assert known_countries() == frozenset(c.alpha_2 for c in pycountry.countries)
+    assert {"DE", "IE", "US", "ZA"} <= known_countries()

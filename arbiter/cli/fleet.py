@@ -23,9 +23,8 @@ def status(obj: Any, output: str) -> None:
     flight, leader and mode."""
     from arbiter.status import fleet_status
 
-    store = obj.open_store()
     summary = fleet_status(
-        store,
+        obj.open_engine(),
         mode=obj.settings.daemon.mode.value,
         sources=obj.source_configs(),
         catalog=obj.catalog(),

@@ -1,13 +1,16 @@
 """The ``arbiter`` command line.
 
-Read-only commands (``regions``, ``db current``, and the status views to come) never
-write to the store. Heavy modules are imported inside the commands that need them,
-so ``arbiter --help`` and the read-only views start fast.
+Read-only commands (``regions``, ``db current``, ``status`` and the other views) never
+write to the store. A command's module is imported only when that command runs
+(:class:`LazyCommands`), and heavy modules are imported inside the commands that need
+them, so ``arbiter --help`` and the read-only views start fast.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 import click
@@ -49,18 +52,23 @@ class Context:
 
         return default_database_url()
 
-    def open_store(self, *, read_only: bool = True) -> Any:
-        """A Store on the configured database, checked to be at the current schema.
+    def open_engine(self, *, read_only: bool = True) -> Any:
+        """An engine on the configured database, checked to be at the current schema.
 
         Read-only commands open it read-only (SQLite ``mode=ro``; PostgreSQL
         ``default_transaction_read_only``), so they cannot write even by mistake.
         """
         from arbiter.store.db import check_current, make_engine
-        from arbiter.store.repositories import Store
 
         engine = make_engine(self.database_url(), read_only=read_only)
         check_current(engine)
-        return Store(engine)
+        return engine
+
+    def open_store(self, *, read_only: bool = True) -> Any:
+        """A Store on :meth:`open_engine`'s engine."""
+        from arbiter.store.repositories import Store
+
+        return Store(self.open_engine(read_only=read_only))
 
     def source_configs(self) -> Any:
         from arbiter.config import effective_source_configs
@@ -137,42 +145,69 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None) -
     ctx.obj = Context(config_path, database_url)
 
 
-def _register() -> None:
-    from arbiter.cli import (
-        config_cmd,
-        db,
-        explain,
-        fleet,
-        market,
-        plan,
-        policy,
-        poll,
-        regions,
-        run,
-        snapshot,
-    )
-
-    cli.add_command(run.run)
-    cli.add_command(poll.poll)
-    cli.add_command(db.db)
-    cli.add_command(regions.regions)
-    cli.add_command(market.prices)
-    cli.add_command(market.capacity)
-    cli.add_command(market.carbon)
-    cli.add_command(market.sources)
-    cli.add_command(snapshot.snapshot)
-    cli.add_command(fleet.status)
-    cli.add_command(fleet.workloads)
-    cli.add_command(fleet.migrations)
-    cli.add_command(fleet.decisions)
-    cli.add_command(config_cmd.config)
-    cli.add_command(policy.policy)
-    cli.add_command(explain.explain)
-    cli.add_command(plan.plan_cmd)
-    cli.add_command(__import__("arbiter.cli.backtest", fromlist=["backtest"]).backtest)
+COMMANDS: dict[str, str] = {
+    "run": "arbiter.cli.run:run",
+    "poll": "arbiter.cli.poll:poll",
+    "db": "arbiter.cli.db:db",
+    "regions": "arbiter.cli.regions:regions",
+    "prices": "arbiter.cli.market:prices",
+    "capacity": "arbiter.cli.market:capacity",
+    "carbon": "arbiter.cli.market:carbon",
+    "sources": "arbiter.cli.market:sources",
+    "snapshot": "arbiter.cli.snapshot:snapshot",
+    "status": "arbiter.cli.fleet:status",
+    "workloads": "arbiter.cli.fleet:workloads",
+    "migrations": "arbiter.cli.fleet:migrations",
+    "decisions": "arbiter.cli.fleet:decisions",
+    "config": "arbiter.cli.config_cmd:config",
+    "policy": "arbiter.cli.policy:policy",
+    "explain": "arbiter.cli.explain:explain",
+    "plan": "arbiter.cli.plan:plan_cmd",
+    "backtest": "arbiter.cli.backtest:backtest",
+}
+"""Every command: its name, and where it lives (``module:attribute``)."""
 
 
-_register()
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The group's commands, each imported from its module on first use.
+
+    ``arbiter status`` then imports the fleet views and nothing else (not the policy,
+    solver or backtest modules), while ``--help``, completion and ``cli.commands``
+    still see every command: listing the names imports nothing, reading a command
+    imports its module.
+    """
+
+    def __init__(self, where: Mapping[str, str]):
+        self._where = dict(where)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = self._loaded.get(name)
+        if command is None:
+            module, _, attribute = self._where[name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self._loaded[name] = command
+        return command
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._where.setdefault(name, "")
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._where[name]
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+
+cli.commands = LazyCommands(COMMANDS)
 
 
 def main() -> None:

@@ -78,22 +78,27 @@ def prices(
     output: str,
 ) -> None:
     """Latest price of every offer, cheapest per GPU-hour first."""
-    store = obj.open_store()
+    # Plain rows, not domain values: a read of every offer must start and answer fast
+    # (issue 6); see arbiter.status.
+    from arbiter.status import instance_shapes, newest_prices
+    from arbiter.store.db import read_session
+
+    engine = obj.open_engine()
     now = datetime.now(UTC)
     limits = _stale_limits(obj)
-    types = {(t.provider.value, t.name): t for t in store.instance_types.all()}
+    with read_session(engine, "reading prices") as conn:
+        shapes = instance_shapes(conn)
+        latest = newest_prices(conn, provider=provider)
     rows: list[dict[str, Any]] = []
-    for p in store.prices.latest(provider=provider):
-        o = p.offer
-        if market and o.market != market:
+    for p in latest:
+        if market and p.market != market:
             continue
         if region_glob and not (
-            fnmatch.fnmatch(o.region, region_glob) or fnmatch.fnmatch(o.region_key, region_glob)
+            fnmatch.fnmatch(p.region, region_glob)
+            or fnmatch.fnmatch(f"{p.provider}:{p.region}", region_glob)
         ):
             continue
-        itype = types.get((o.provider.value, o.instance_type))
-        accel = itype.accelerator if itype else None
-        count = itype.accelerator_count if itype else 0
+        accel, count = shapes.get((p.provider, p.instance_type), (None, 0))
         if gpu and (accel or "").upper() != gpu.upper():
             continue
         stale = _is_stale(limits, p.source, now, p.last_seen)
@@ -101,11 +106,11 @@ def prices(
             continue
         rows.append(
             {
-                "provider": o.provider.value,
-                "region": o.region,
-                "zone": o.zone,
-                "instance_type": o.instance_type,
-                "market": o.market.value,
+                "provider": p.provider,
+                "region": p.region,
+                "zone": p.zone,
+                "instance_type": p.instance_type,
+                "market": p.market,
                 "gpu": accel,
                 "gpu_count": count,
                 "usd_per_hour": p.usd_per_hour,

@@ -122,6 +122,39 @@ def translate_errors(action: str) -> Iterator[None]:
         raise StoreError(f"{action}: {mask_secrets_in_text(str(exc).splitlines()[0])}") from exc
 
 
+@contextmanager
+def read_session(engine: Engine, action: str) -> Iterator[Connection]:
+    """One connection in one read-only transaction, for a view made of several queries:
+    every query sees the same state of the store, nothing can be written, and the
+    transaction is rolled back, never committed. Errors become StoreError naming
+    ``action`` (see :func:`translate_errors`).
+
+    PostgreSQL runs it REPEATABLE READ, READ ONLY. SQLite runs it in one deferred
+    transaction (the driver would otherwise give each statement a snapshot of its
+    own) with ``query_only`` set for its duration.
+    """
+    with translate_errors(action), engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA query_only = ON")
+        try:
+            connection.exec_driver_sql(
+                "BEGIN" if sqlite else "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+            )
+            yield connection
+        finally:
+            try:
+                connection.rollback()
+            finally:
+                if sqlite:
+                    try:
+                        connection.exec_driver_sql("PRAGMA query_only = OFF")
+                    except BaseException:
+                        # never back into the pool read-only: a writer would get it
+                        connection.invalidate()
+                        raise
+
+
 def _out_of_space(error: BaseException | None) -> bool:
     """SQLite's SQLITE_FULL (13) or PostgreSQL's disk_full (SQLSTATE 53100)."""
     return getattr(error, "sqlite_errorcode", None) == 13 or (

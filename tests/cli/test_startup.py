@@ -1,0 +1,119 @@
+"""What the command line loads to start: every command is listed, and a command imports
+only what it runs on. ``arbiter status`` must answer within half a second of the process
+starting (issue 6); bench/cli_latency.py measures that, these tests keep the heavy
+imports that would break it from creeping back, without timing anything."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from arbiter.cli.main import COMMANDS, cli
+from arbiter.store.db import make_engine, upgrade
+
+HEAVY = (
+    # the solver, policy and backtest side of arbiter
+    "highspy",
+    "scipy",
+    "numpy",
+    "arbiter.domain.solver",
+    "arbiter.domain.decide",
+    "arbiter.policy_loader",
+    "arbiter.backtest",
+    "arbiter.reconcile",
+    "arbiter.daemon",
+    # clouds, HTTP, scheduling, logging, rendering, migrations
+    "boto3",
+    "botocore",
+    "httpx",
+    "apscheduler",
+    "kubernetes",
+    "structlog",
+    "rich",
+    "alembic",
+    # the repositories and the domain models behind them: the views read tables
+    "arbiter.store.repositories",
+    "arbiter.snapshots",
+    "arbiter.domain.workloads",
+    "arbiter.domain.decisions",
+    "arbiter.domain.migrations",
+)
+
+
+def loaded_after(*args: str) -> list[str]:
+    """The HEAVY modules in sys.modules after running ``arbiter ARGS`` in a fresh
+    interpreter (the command must succeed)."""
+    code = (
+        "import json, sys\n"
+        "from arbiter.cli.main import cli\n"
+        f"cli.main({list(args)!r}, prog_name='arbiter', standalone_mode=False)\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print(json.dumps(heavy), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: list[str] = json.loads(result.stderr.strip().splitlines()[-1])
+    return loaded
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'arbiter.db'}"
+    upgrade(url)
+    engine = make_engine(url)  # as `arbiter db upgrade` leaves it: in WAL mode
+    with engine.connect():
+        pass
+    engine.dispose()
+    return url
+
+
+def test_status_loads_none_of_the_heavy_modules(sqlite_url: str) -> None:
+    assert loaded_after("--database-url", sqlite_url, "status", "-o", "json") == []
+
+
+def test_status_as_a_table_loads_only_the_table_renderer(sqlite_url: str) -> None:
+    assert loaded_after("--database-url", sqlite_url, "status") == ["rich"]
+
+
+def test_prices_loads_none_of_the_heavy_modules(sqlite_url: str) -> None:
+    assert loaded_after("--database-url", sqlite_url, "prices", "-o", "json") == []
+
+
+def test_listing_the_commands_imports_none_of_their_modules() -> None:
+    code = (
+        "import sys\n"
+        "from arbiter.cli.main import cli\n"
+        "names = sorted(cli.commands)\n"
+        "print(len(names), sorted(m for m in sys.modules if m.startswith('arbiter.cli.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split(" ", 1) == [str(len(COMMANDS)), "['arbiter.cli.main']\n"]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_listed_name_is_the_command_of_that_name(name: str) -> None:
+    command = cli.commands[name]
+    assert isinstance(command, click.Command)
+    assert command.name == name
+
+
+def test_help_lists_every_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "arbiter", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    listed = out.stdout.split("Commands:", 1)[1].split()
+    for name in COMMANDS:
+        assert name in listed
