@@ -4,14 +4,22 @@ level was first and last seen.
 For each observation, in time order per series: the same value as the newest row moves
 that row's ``last_seen``; a different value starts a new row; an observation older
 than the newest row's ``last_seen`` is ignored (history is never rewritten).
+
+Two writers implement these rules. On PostgreSQL the batch goes as one array per column
+to one set-based statement that finds every series' newest row, moves ``last_seen`` and
+inserts the new levels: one round trip whatever the size of the batch, and no stored
+row travels to Python. Elsewhere the newest rows are read into Python, compared there,
+and written back in bulk. Both run inside the caller's transaction, so a batch is
+stored whole or not at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import re
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 from sqlalchemy import (
     Column,
@@ -26,6 +34,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import StatementError
+from sqlalchemy.types import TypeEngine
 
 _CHUNK = 5000
 _UPDATE_CHUNK = 5000
@@ -60,12 +70,64 @@ class IngestStats:
         )
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
+    """One value of a series at a time. A named tuple: a poll makes tens of thousands."""
+
     series: tuple[Hashable, ...]
     """Values of the table's series columns, in order."""
     value: float
     at: datetime
+
+
+class Observations(Sequence[Observation]):
+    """Observations held as columns: one sequence per series column, the values, the
+    times. A poll's tens of thousands of quotes then cost a few lists rather than
+    objects of their own (which the garbage collector would walk); PostgreSQL sends
+    the columns as they are. It reads as a sequence of :class:`Observation`."""
+
+    def __init__(
+        self,
+        series: Sequence[Sequence[Hashable]],
+        values: Sequence[float],
+        times: Sequence[datetime],
+    ):
+        if any(len(column) != len(values) for column in (*series, times)):
+            raise ValueError("every column of a batch of observations needs one entry per row")
+        self.series = tuple(series)
+        self.values = values
+        self.times = times
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, index: int) -> Observation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Observation]: ...
+
+    def __getitem__(self, index: int | slice) -> Observation | list[Observation]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return Observation(
+            tuple(column[index] for column in self.series), self.values[index], self.times[index]
+        )
+
+    def __iter__(self) -> Iterator[Observation]:
+        rows = zip(zip(*self.series, strict=True), self.values, self.times, strict=True)
+        for series, value, at in rows:
+            yield Observation(series, value, at)
+
+    @classmethod
+    def of(cls, observations: Sequence[Observation], series_columns: int) -> Observations:
+        """``observations`` as columns (themselves, when they are)."""
+        if isinstance(observations, Observations):
+            return observations
+        return cls(
+            [[o.series[i] for o in observations] for i in range(series_columns)],
+            [o.value for o in observations],
+            [o.at for o in observations],
+        )
 
 
 def record(
@@ -78,10 +140,226 @@ def record(
 ) -> IngestStats:
     """Write observations to a change-point table inside the caller's transaction.
 
-    ``describe`` gives, per series, the other columns a new row needs.
+    ``describe`` gives, per series, the other columns a new row needs (the same
+    columns for every series). The table needs ``id``, ``first_seen`` and
+    ``last_seen`` columns.
     """
     if not observations:
         return IngestStats()
+    if conn.dialect.name == "postgresql":
+        return _record_set_based(conn, table, series_columns, value_column, observations, describe)
+    return _record_row_by_row(conn, table, series_columns, value_column, observations, describe)
+
+
+# -- PostgreSQL: the batch as arrays, written by one set-based statement ----------------
+
+
+def unnest_rows(
+    conn: Connection, table: Table, columns: Mapping[str, Sequence[Any]]
+) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: rows given as one sequence per column (named as ``table``'s columns,
+    each cast to its type), for a FROM clause: the SQL of a subquery ``s`` with those
+    columns and ``ordinal`` (each row's position, from 1), and its parameters for
+    ``exec_driver_sql``.
+
+    A column goes as one binary array, or as one value when every row has the same
+    (a poll stamps every quote of a source with one source and one time): a handful of
+    parameters whatever the number of rows, and no temporary table (which the
+    deployment's roles may not create)."""
+    quote = conn.dialect.identifier_preparer.quote
+    selected, arrays, unnested, params, scalars = [], [], [], [], []
+    for name, values in columns.items():
+        column_type = table.c[name].type
+        # without a length: an explicit cast to varchar(n) would cut a longer value
+        # short silently, where storing it must fail
+        cast = re.sub(r"\(.*?\)", "", column_type.compile(dialect=conn.dialect))
+        if _python_type(column_type) is float:
+            values = [None if v is None else float(v) for v in values]  # no int among them
+        if values and values.count(values[0]) == len(values):
+            selected.append(f"%b::{cast} AS {quote(name)}")
+            scalars.append(values[0])
+        else:
+            selected.append(f"u.{quote(name)}")
+            arrays.append(f"%b::{cast}[]")
+            unnested.append(quote(name))
+            params.append(list(values))
+    if arrays:
+        source = f"unnest({', '.join(arrays)}) WITH ORDINALITY"
+        source += f" AS u({', '.join(unnested)}, ordinal)"
+    else:
+        source = f"generate_series(1, {len(next(iter(columns.values())))}) AS u(ordinal)"
+    # The scalars' placeholders come first in the SQL, so their parameters do too.
+    return (
+        f"(SELECT {', '.join(selected)}, u.ordinal FROM {source}) AS s",
+        (*scalars, *params),
+    )
+
+
+def without_jit(conn: Connection) -> None:
+    """PostgreSQL: no JIT compilation for the rest of the transaction. A batch of
+    thousands of rows costs enough for the planner to compile its expressions, which
+    takes longer (tens of milliseconds) than running them does."""
+    conn.exec_driver_sql("SET LOCAL jit = off")
+
+
+def _python_type(column_type: TypeEngine[Any]) -> type | None:
+    try:
+        return column_type.python_type
+    except NotImplementedError:
+        return None
+
+
+def _record_set_based(
+    conn: Connection,
+    table: Table,
+    series_columns: Sequence[str],
+    value_column: str,
+    observations: Sequence[Observation],
+    describe: Mapping[tuple[Hashable, ...], Mapping[str, Any]] | None,
+) -> IngestStats:
+    """The batch as the table's own columns, one row per observation: the series
+    columns, the value, ``first_seen`` holding the observation's time and the described
+    columns; ``ordinal`` is its position in the batch."""
+    batch = Observations.of(observations, len(series_columns))
+    described = describe or {}
+    extra = list(next(iter(described.values()), ()))
+    bound = _bound_times(conn, table, batch.times)
+    columns: dict[str, Sequence[Any]] = dict(zip(series_columns, batch.series, strict=True))
+    columns[value_column] = batch.values
+    columns["first_seen"] = [bound[at] for at in batch.times]
+    for name in extra:
+        columns[name] = [described[series][name] for series in zip(*batch.series, strict=True)]
+    rows, params = unnest_rows(conn, table, columns)
+    without_jit(conn)
+    write = _one_per_series_sql if _one_per_series(batch.series) else _many_per_series_sql
+    statement = write(conn, table, rows, series_columns, value_column, extra)
+    live, inserted = conn.exec_driver_sql(statement, params).one()
+    return IngestStats(
+        inserted=inserted,
+        extended=live - inserted,
+        ignored=len(batch) - live,
+    )
+
+
+def _one_per_series(series: Sequence[Sequence[Hashable]]) -> bool:
+    """Whether no series appears twice. A column with one value throughout (a poll's
+    source) tells none apart and is left out of the comparison."""
+    rows = len(series[0])
+    varying = [column for column in series if column.count(column[0]) != rows]
+    if not varying:
+        return rows == 1
+    if len(varying) == 1:
+        return len(set(varying[0])) == rows
+    return len(set(zip(*varying, strict=True))) == rows
+
+
+def _bound_times(conn: Connection, table: Table, times: Sequence[datetime]) -> dict[datetime, Any]:
+    """Each distinct observation time as the ``first_seen`` column binds it (UtcDateTime
+    refuses naive times): the arrays bypass SQLAlchemy's bind processing."""
+    process = table.c.first_seen.type.bind_processor(conn.dialect)
+    distinct = set(times)
+    if process is None:
+        return {at: at for at in distinct}
+    try:
+        return {at: process(at) for at in distinct}
+    except (TypeError, ValueError) as exc:
+        raise StatementError(str(exc), None, None, exc) from exc
+
+
+def _newest_levels_sql(
+    conn: Connection, table: Table, batch: str, series_columns: Sequence[str], value_column: str
+) -> str:
+    """CTE ``obs``: every observation of the batch with its series' newest stored row
+    (NULLs for a new series), found by one backward index scan per observation."""
+    q = conn.dialect.identifier_preparer.quote
+    same_series = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in series_columns)
+    return (
+        f"obs AS (SELECT s.*, h.id AS head_id, h.{q(value_column)} AS head_value, "
+        f"h.last_seen AS head_last_seen FROM {batch} LEFT JOIN LATERAL ("
+        f"SELECT t.id, t.{q(value_column)}, t.last_seen FROM {q(table.name)} AS t "
+        f"WHERE {same_series} ORDER BY t.first_seen DESC LIMIT 1) AS h ON true)"
+    )
+
+
+def _one_per_series_sql(
+    conn: Connection,
+    table: Table,
+    batch: str,
+    series_columns: Sequence[str],
+    value_column: str,
+    extra: Sequence[str],
+) -> str:
+    """Each series observed at most once: compare with the newest row directly.
+    Returns (observations not ignored, rows inserted)."""
+    q = conn.dialect.identifier_preparer.quote
+    value = q(value_column)
+    series = ", ".join(q(c) for c in series_columns)
+    described = "".join(f", {q(c)}" for c in extra)
+    # An unchanged value seen again at the same time writes nothing: the row is as it
+    # would be written, and PostgreSQL is spared a dead row version.
+    return (
+        f"WITH {_newest_levels_sql(conn, table, batch, series_columns, value_column)}, "
+        f"moved AS (UPDATE {q(table.name)} AS t SET last_seen = o.first_seen FROM obs AS o "
+        f"WHERE t.id = o.head_id AND o.{value} = o.head_value "
+        f"AND o.first_seen > o.head_last_seen), "
+        f"added AS (INSERT INTO {q(table.name)} ({series}, {value}, first_seen, last_seen"
+        f"{described}) SELECT {series}, {value}, first_seen, first_seen{described} FROM obs "
+        f"WHERE head_id IS NULL OR (first_seen >= head_last_seen AND {value} <> head_value) "
+        f"ORDER BY first_seen, ordinal RETURNING 1) "
+        f"SELECT count(*) FILTER (WHERE head_id IS NULL OR first_seen >= head_last_seen), "
+        f"(SELECT count(*) FROM added) FROM obs"
+    )
+
+
+def _many_per_series_sql(
+    conn: Connection,
+    table: Table,
+    batch: str,
+    series_columns: Sequence[str],
+    value_column: str,
+    extra: Sequence[str],
+) -> str:
+    """Any number of observations per series: the observations not ignored, in time
+    order per series, are numbered by level (a level starts where the value differs
+    from the one before; level 0 continues the newest stored row). Returns
+    (observations not ignored, rows inserted)."""
+    q = conn.dialect.identifier_preparer.quote
+    value = q(value_column)
+    series = ", ".join(q(c) for c in series_columns)
+    described = "".join(f", {q(c)}" for c in extra)
+    in_order = f"PARTITION BY {series} ORDER BY first_seen, ordinal"
+    starts = f"(previous IS NULL OR {value} <> previous)"
+    return (
+        f"WITH {_newest_levels_sql(conn, table, batch, series_columns, value_column)}, "
+        f"live AS (SELECT obs.*, coalesce(lag({value}) OVER w, head_value) AS previous "
+        f"FROM obs WHERE head_id IS NULL OR first_seen >= head_last_seen "
+        f"WINDOW w AS ({in_order})), "
+        f"levels AS (SELECT live.*, {starts} AS starts, "
+        f"count(*) FILTER (WHERE {starts}) OVER ({in_order} ROWS UNBOUNDED PRECEDING) "
+        f"AS level FROM live), "
+        f"spans AS (SELECT levels.*, max(first_seen) OVER (PARTITION BY {series}, level) "
+        f"AS level_last FROM levels), "
+        f"moved AS (UPDATE {q(table.name)} AS t SET last_seen = m.level_last FROM "
+        f"(SELECT DISTINCT head_id, head_last_seen, level_last FROM spans WHERE level = 0) "
+        f"AS m WHERE t.id = m.head_id AND m.level_last > m.head_last_seen), "
+        f"added AS (INSERT INTO {q(table.name)} ({series}, {value}, first_seen, last_seen"
+        f"{described}) SELECT {series}, {value}, first_seen, level_last{described} "
+        f"FROM spans WHERE starts ORDER BY first_seen, ordinal RETURNING 1) "
+        f"SELECT (SELECT count(*) FROM live), (SELECT count(*) FROM added)"
+    )
+
+
+# -- elsewhere: newest rows read, compared in Python, written in bulk ------------------
+
+
+def _record_row_by_row(
+    conn: Connection,
+    table: Table,
+    series_columns: Sequence[str],
+    value_column: str,
+    observations: Sequence[Observation],
+    describe: Mapping[tuple[Hashable, ...], Mapping[str, Any]] | None,
+) -> IngestStats:
     ordered = sorted(observations, key=lambda o: o.at)
     cols: list[Column[Any]] = [table.c[name] for name in series_columns]
     value_col = table.c[value_column]

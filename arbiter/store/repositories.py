@@ -34,7 +34,7 @@ from arbiter.domain.workloads import Placement, Workload
 from arbiter.errors import LeaseHeld, StoreError
 from arbiter.store import changepoints
 from arbiter.store import schema as t
-from arbiter.store.changepoints import IngestStats, Observation
+from arbiter.store.changepoints import IngestStats, Observation, Observations
 from arbiter.store.db import translate_errors
 
 _CHUNK = 500
@@ -111,8 +111,14 @@ class PriceRepository:
         self._known_ids: dict[str, int] = {}
 
     def _offer_ids(self, conn: Any, offers: dict[str, Offer]) -> dict[str, int]:
+        """The id of every offer, keyed by offer key; offers not stored yet are added."""
         ids = {k: self._known_ids[k] for k in offers if k in self._known_ids}
         keys = [k for k in offers if k not in ids]
+        if not keys:
+            return ids
+        if conn.dialect.name == "postgresql":
+            ids.update(self._add_offers_in_bulk(conn, {k: offers[k] for k in keys}))
+            return ids
         for chunk in _chunks(keys):
             for key, offer_id in conn.execute(
                 select(t.offers.c.key, t.offers.c.id).where(
@@ -139,6 +145,37 @@ class PriceRepository:
             ids.update({key: offer_id for key, offer_id in inserted.all()})
         return ids
 
+    @staticmethod
+    def _add_offers_in_bulk(conn: Any, offers: Mapping[str, Offer]) -> dict[str, int]:
+        """PostgreSQL: one statement adds the offers not stored yet and returns the ids
+        of all of them."""
+        listed = offers.values()
+        rows, params = changepoints.unnest_rows(
+            conn,
+            t.offers,
+            {
+                "key": list(offers),
+                "provider": [o.provider.value for o in listed],
+                "region": [o.region for o in listed],
+                "zone": [o.zone for o in listed],
+                "instance_type": [o.instance_type for o in listed],
+                "market": [o.market.value for o in listed],
+            },
+        )
+        columns = "key, provider, region, zone, instance_type, market"
+        # Every part reads the snapshot from before the INSERT: the last finds only the
+        # offers that were already stored.
+        statement = (
+            f"WITH batch AS (SELECT * FROM {rows}), "
+            f"added AS (INSERT INTO offers ({columns}) SELECT {columns} FROM batch AS b "
+            "WHERE NOT EXISTS (SELECT FROM offers AS o WHERE o.key = b.key) "
+            "RETURNING key, id) "
+            "SELECT key, id FROM added UNION ALL "
+            "SELECT o.key, o.id FROM offers AS o JOIN batch AS b ON o.key = b.key"
+        )
+        changepoints.without_jit(conn)
+        return dict(conn.exec_driver_sql(statement, params).all())
+
     def record(self, quotes: Iterable[PriceQuote]) -> IngestStats:
         """Store quotes as change points per (offer, source), in one transaction.
 
@@ -148,7 +185,8 @@ class PriceRepository:
         quotes = list(quotes)
         if not quotes:
             return IngestStats()
-        offers = {q.offer.key: q.offer for q in quotes}
+        keys = [q.offer.key for q in quotes]
+        offers = {key: q.offer for key, q in zip(keys, quotes, strict=True)}
         with translate_errors("recording prices"), self._engine.begin() as conn:
             ids = self._offer_ids(conn, offers)
             stats = changepoints.record(
@@ -156,10 +194,11 @@ class PriceRepository:
                 t.price_history,
                 ("offer_id", "source"),
                 "usd_per_hour",
-                [
-                    Observation((ids[q.offer.key], q.source), q.usd_per_hour, q.observed_at)
-                    for q in quotes
-                ],
+                Observations(
+                    ([ids[key] for key in keys], [q.source for q in quotes]),
+                    [q.usd_per_hour for q in quotes],
+                    [q.observed_at for q in quotes],
+                ),
             )
         self._known_ids.update(ids)
         return stats
