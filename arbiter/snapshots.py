@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from arbiter.domain.market import CapacityKind, CarbonBasis, CarbonUnit, Market
 from arbiter.domain.snapshot import MarketSnapshot, OfferState, ZoneCarbon
-from arbiter.store.repositories import LatestPrice, Store
+from arbiter.store.repositories import PriceLevel, Store
 
 DEFAULT_STALE_AFTER = 3600.0
 _QUOTA = {True: CapacityKind.QUOTA_SPOT_GPUS_FREE, False: CapacityKind.QUOTA_GPUS_FREE}
@@ -67,8 +67,8 @@ def _build(store: Store, stale_after: Mapping[str, float], now: datetime) -> Mar
 
     # The freshest price of every offer: fresh before stale, then last seen newest (the
     # first such source in the store's order on ties).
-    newest: dict[str, tuple[bool, datetime, LatestPrice]] = {}
-    for p in store.prices.latest():
+    newest: dict[str, tuple[bool, datetime, PriceLevel]] = {}
+    for p in store.prices.newest_levels():
         offer_key = p.offer.key
         rank = (stale(p.source, p.last_seen), p.last_seen, p)
         current = newest.get(offer_key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -102,6 +102,15 @@ class LatestPrice:
     last_seen: datetime
 
 
+class PriceLevel(NamedTuple):
+    """An offer's newest price from one source, and when the source last saw it."""
+
+    offer: Offer
+    source: str
+    usd_per_hour: float
+    last_seen: datetime
+
+
 class PriceRepository:
     """Change-point encoded price history: one row per (offer, source) price level."""
 
@@ -109,6 +118,8 @@ class PriceRepository:
         self._engine = engine
         # Offer rows are never changed or deleted, so key -> id is cached once committed.
         self._known_ids: dict[str, int] = {}
+        self._offers: dict[int, Offer] = {}
+        """The offers :meth:`newest_levels` has read, by id."""
 
     def _offer_ids(self, conn: Any, offers: dict[str, Offer]) -> dict[str, int]:
         """The id of every offer, keyed by offer key; offers not stored yet are added."""
@@ -251,6 +262,54 @@ class PriceRepository:
                 )
                 for row in conn.execute(query)
             ]
+
+    def newest_levels(self) -> list[PriceLevel]:
+        """The newest price level of every offer and source, by offer id, then source:
+        what a market snapshot reads, and no more (:meth:`latest` also says when each
+        level began, and sorts by offer key). Offer rows never change, so each offer is
+        read and built once per repository."""
+        ph, of = t.price_history, t.offers
+        newest = (
+            select(ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs"))
+            .group_by(ph.c.offer_id, ph.c.source)
+            .subquery()
+        )
+        query = (
+            select(ph.c.offer_id, ph.c.source, ph.c.usd_per_hour, ph.c.last_seen)
+            .join(
+                newest,
+                and_(
+                    ph.c.offer_id == newest.c.offer_id,
+                    ph.c.source == newest.c.source,
+                    ph.c.first_seen == newest.c.fs,
+                ),
+            )
+            .order_by(ph.c.offer_id, ph.c.source)
+        )
+        offers = self._offers
+        with translate_errors("reading prices"), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+            unknown = sorted({row[0] for row in rows} - offers.keys())
+            if unknown:
+                described = select(
+                    of.c.id, of.c.provider, of.c.region, of.c.zone, of.c.instance_type, of.c.market
+                )
+                if len(unknown) <= _CHUNK:  # else read them all: cheaper than listing ids
+                    described = described.where(changepoints.member_of(conn, of.c.id, unknown))
+                for offer_id, provider, region, zone, instance_type, market in conn.execute(
+                    described
+                ):
+                    offers[offer_id] = Offer(
+                        provider=Provider(provider),
+                        region=region,
+                        zone=zone,
+                        instance_type=instance_type,
+                        market=Market(market),
+                    )
+        return [
+            PriceLevel(offers[offer_id], source, usd_per_hour, last_seen)
+            for offer_id, source, usd_per_hour, last_seen in rows
+        ]
 
     def history(self, offer: Offer) -> list[tuple[float, datetime, datetime]]:
         """Every price level of an offer: (usd_per_hour, first_seen, last_seen), oldest first."""

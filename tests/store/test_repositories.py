@@ -113,6 +113,32 @@ def test_latest_returns_utc_aware_times(store: Store) -> None:
     assert latest.last_seen.tzinfo is not None
 
 
+def test_newest_levels_are_the_latest_levels_in_offer_then_source_order(store: Store) -> None:
+    store.prices.record(
+        [quote(H100_SPOT, 30.0, 0), quote(H100_SPOT, 28.0, 5), quote(A100_OD, 3.67, 0)]
+    )
+    store.prices.record([quote(H100_SPOT, 31.0, 7, source="other")])
+    levels = store.prices.newest_levels()
+    assert sorted(levels, key=lambda p: (p.offer.key, p.source)) == [
+        (p.offer, p.source, p.usd_per_hour, p.last_seen) for p in store.prices.latest()
+    ]
+    # Each offer's levels together, its sources in order.
+    offers = [p.offer for p in levels]
+    assert offers in ([H100_SPOT, H100_SPOT, A100_OD], [A100_OD, H100_SPOT, H100_SPOT])
+    assert [p.source for p in levels if p.offer == H100_SPOT] == ["other", "test"]
+    assert all(p.last_seen.tzinfo is not None for p in levels)
+
+
+def test_newest_levels_read_offers_stored_after_the_last_read(store: Store) -> None:
+    store.prices.record([quote(H100_SPOT, 30.0, 0)])
+    assert [p.offer for p in store.prices.newest_levels()] == [H100_SPOT]
+    store.prices.record([quote(A100_OD, 3.67, 1), quote(H100_SPOT, 29.0, 1)])
+    assert [(p.offer, p.usd_per_hour) for p in store.prices.newest_levels()] == [
+        (H100_SPOT, 29.0),
+        (A100_OD, 3.67),
+    ]
+
+
 # -- leases --------------------------------------------------------------------
 
 
