@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from arbiter.domain.decisions import Decision
@@ -1020,6 +1020,28 @@ class PendingRepository:
                 )
 
 
+def _prune_carbon(conn: Connection, cutoff: datetime) -> int:
+    """Delete carbon readings valid before ``cutoff`` that a newer reading of the same
+    series (zone, source, basis, forecast or not) replaces: the newest of every series
+    stays, however old — a static annual factor dated years back is the only reading
+    its zone has, and retention must not leave the zone without one until the next
+    poll."""
+    c = t.carbon_readings
+    newer = c.alias("newer")
+    replaced = (
+        select(newer.c.id)
+        .where(
+            newer.c.zone == c.c.zone,
+            newer.c.source == c.c.source,
+            newer.c.basis == c.c.basis,
+            newer.c.forecast == c.c.forecast,
+            newer.c.valid_at > c.c.valid_at,
+        )
+        .exists()
+    )
+    return int(conn.execute(delete(c).where(c.c.valid_at < cutoff).where(replaced)).rowcount or 0)
+
+
 class Store:
     """Every repository over one engine."""
 
@@ -1029,12 +1051,7 @@ class Store:
             return {
                 "prices": changepoints.prune(conn, t.price_history, ("offer_id", "source"), cutoff),
                 "capacity": changepoints.prune(conn, t.capacity_signals, ("key", "source"), cutoff),
-                "carbon": int(
-                    conn.execute(
-                        delete(t.carbon_readings).where(t.carbon_readings.c.valid_at < cutoff)
-                    ).rowcount
-                    or 0
-                ),
+                "carbon": _prune_carbon(conn, cutoff),
             }
 
     def __init__(self, engine: Engine):

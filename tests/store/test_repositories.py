@@ -390,3 +390,16 @@ def test_retention_drops_old_levels_but_keeps_the_newest_of_every_series(store: 
         (28.0, T0 + timedelta(minutes=60), T0 + timedelta(minutes=60))
     ]
     assert store.prices.history(A100_OD) == [(3.0, T0, T0)]
+
+
+def test_retention_keeps_the_newest_carbon_reading_of_every_series_however_old(
+    store: Store,
+) -> None:
+    """Static annual factors are dated years back and are their zone's only reading:
+    retention must not empty the zone (it would until the next poll)."""
+    store.carbon.record([reading(380, 0), reading(350, 5)], observed_at=T0)
+    store.carbon.record([reading(300, 0, source="static")], observed_at=T0)
+    removed = store.prune(T0 + timedelta(days=400))
+    assert removed["carbon"] == 1
+    kept = {(r.source, r.value) for r, _ in store.carbon.latest()}
+    assert kept == {("em", 350), ("static", 300)}
