@@ -21,6 +21,7 @@ def status(obj: Any, output: str) -> None:
     """Fleet summary: workloads and replicas by provider, region and market, $/h now
     against the on-demand baseline, carbon, data freshness per source, migrations in
     flight, leader and mode."""
+    obj.skip_garbage_collection()
     from arbiter.status import fleet_status
 
     summary = fleet_status(

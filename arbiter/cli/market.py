@@ -78,6 +78,7 @@ def prices(
     output: str,
 ) -> None:
     """Latest price of every offer, cheapest per GPU-hour first."""
+    obj.skip_garbage_collection()
     # Plain rows, not domain values: a read of every offer must start and answer fast
     # (issue 6); see arbiter.status.
     from arbiter.status import instance_shapes, newest_prices

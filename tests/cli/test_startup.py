@@ -117,3 +117,31 @@ def test_help_lists_every_command() -> None:
     listed = out.stdout.split("Commands:", 1)[1].split()
     for name in COMMANDS:
         assert name in listed
+
+
+@pytest.mark.parametrize("command", [["status", "-o", "json"], ["prices", "-o", "json"]])
+def test_a_view_run_by_the_executable_skips_garbage_collection(
+    sqlite_url: str, command: list[str]
+) -> None:
+    code = (
+        "import gc, sys\n"
+        f"sys.argv = ['arbiter', '--database-url', {sqlite_url!r}, *{command!r}]\n"
+        "from arbiter.cli.main import main\n"
+        "main()\n"
+        "print(gc.isenabled(), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_a_view_run_in_another_program_leaves_garbage_collection_alone(sqlite_url: str) -> None:
+    import gc
+
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, ["--database-url", sqlite_url, "status", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert gc.isenabled()
