@@ -186,7 +186,7 @@ def _placements(conn: Connection) -> dict[str, list[tuple[str, int]]]:
     return placed
 
 
-class PriceLevel(NamedTuple):
+class NewestPrice(NamedTuple):
     """The newest price of an offer from one source (a row of the change-point history)."""
 
     key: str
@@ -203,7 +203,7 @@ class PriceLevel(NamedTuple):
 
 def newest_prices(
     conn: Connection, *, keys: Sequence[str] | None = None, provider: str | None = None
-) -> list[PriceLevel]:
+) -> list[NewestPrice]:
     """The newest price level of every offer (or of the offers ``keys``; or of one
     provider's) and source: what ``store.prices.latest(provider=..., keys=...)`` gives,
     without building a domain value per row. By offer key then source; for ``keys``,
@@ -261,7 +261,7 @@ def newest_prices(
             newest.c.first_seen,
             at_newest(level.c.last_seen),
         ).order_by(newest.c.offer_id, newest.c.source)
-        return [PriceLevel._make((*offer_of[row[0]], *row[1:])) for row in conn.execute(levels)]
+        return [NewestPrice._make((*offer_of[row[0]], *row[1:])) for row in conn.execute(levels)]
     newest = grouped.subquery()
     query = (
         select(*offer_columns, ph.c.source, ph.c.usd_per_hour, ph.c.first_seen, ph.c.last_seen)
@@ -278,7 +278,7 @@ def newest_prices(
     )
     if provider:
         query = query.where(offers.c.provider == provider)
-    return [PriceLevel._make(row) for row in conn.execute(query)]
+    return [NewestPrice._make(row) for row in conn.execute(query)]
 
 
 def instance_shapes(conn: Connection) -> dict[tuple[str, str], tuple[str | None, float]]:
