@@ -219,6 +219,7 @@ def newest_prices(
     """
     from sqlalchemy import and_, func, select
 
+    from arbiter.store import changepoints
     from arbiter.store.schema import offers, price_history
 
     ph = price_history
@@ -236,11 +237,15 @@ def newest_prices(
     if keys is not None:
         if not keys:
             return []
-        wanted = select(offers.c.id, *offer_columns).where(offers.c.key.in_(keys))
+        wanted = select(offers.c.id, *offer_columns).where(
+            changepoints.member_of(conn, offers.c.key, list(keys))
+        )
         if provider:
             wanted = wanted.where(offers.c.provider == provider)
         offer_of = {row[0]: tuple(row[1:]) for row in conn.execute(wanted)}
-        newest = grouped.where(ph.c.offer_id.in_(sorted(offer_of))).subquery()
+        # one array parameter on PostgreSQL (as the repositories bind lists), not 200
+        ids = changepoints.member_of(conn, ph.c.offer_id, sorted(offer_of))
+        newest = grouped.where(ids).subquery()
         level = ph.alias("level")
 
         def at_newest(column: Any) -> Any:
