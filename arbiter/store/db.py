@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from arbiter.errors import StoreError
 
@@ -129,9 +129,11 @@ def read_session(engine: Engine, action: str) -> Iterator[Connection]:
     transaction is rolled back, never committed. Errors become StoreError naming
     ``action`` (see :func:`translate_errors`).
 
-    PostgreSQL runs it REPEATABLE READ, READ ONLY. SQLite runs it in one deferred
-    transaction (the driver would otherwise give each statement a snapshot of its
-    own) with ``query_only`` set for its duration.
+    PostgreSQL runs it REPEATABLE READ, READ ONLY, without JIT compilation: on a table
+    not analyzed yet (a store just filled) a view's query can be estimated dear enough
+    to be compiled, which took 10-60 ms for a query that runs in a few. SQLite runs it
+    in one deferred transaction (the driver would otherwise give each statement a
+    snapshot of its own) with ``query_only`` set for its duration.
     """
     with translate_errors(action), engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
@@ -139,7 +141,10 @@ def read_session(engine: Engine, action: str) -> Iterator[Connection]:
             connection.exec_driver_sql("PRAGMA query_only = ON")
         try:
             connection.exec_driver_sql(
-                "BEGIN" if sqlite else "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                "BEGIN"
+                if sqlite
+                else "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
+                " SET LOCAL jit = off"
             )
             yield connection
         finally:
@@ -153,6 +158,13 @@ def read_session(engine: Engine, action: str) -> Iterator[Connection]:
                         # never back into the pool read-only: a writer would get it
                         connection.invalidate()
                         raise
+
+
+def _no_such_table(error: DBAPIError) -> bool:
+    """PostgreSQL's undefined_table (SQLSTATE 42P01) or SQLite's "no such table"."""
+    return getattr(error.orig, "sqlstate", None) == "42P01" or (
+        str(error.orig).startswith("no such table")
+    )
 
 
 def _out_of_space(error: BaseException | None) -> bool:
@@ -222,17 +234,19 @@ def current_revision(connection: Connection) -> str | None:
 def check_current(engine: Engine) -> None:
     """Raise StoreError unless the database is at the newest migration.
 
-    Reads ``alembic_version`` with plain SQL (no Alembic import: read-only commands
-    must start fast).
+    Reads ``alembic_version`` with one plain SQL statement (no Alembic import, no
+    reflection: read-only commands must start fast); a database without that table has
+    no schema yet.
     """
-    from sqlalchemy import inspect
-
     from arbiter.store.schema import SCHEMA_REVISION
 
     with translate_errors("checking schema revision"), engine.connect() as connection:
-        current = None
-        if inspect(connection).has_table("alembic_version"):
+        try:
             current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError as exc:
+            if not _no_such_table(exc):
+                raise
+            current = None
     head = SCHEMA_REVISION
     if current != head:
         raise StoreError(

@@ -95,3 +95,45 @@ def test_a_read_session_cannot_write_even_on_a_read_write_engine(
                 assert count_leases(conn) == 1
         finally:
             check.dispose()
+
+
+def test_a_read_session_on_postgresql_is_not_jit_compiled(store_url: str, engine: Engine) -> None:
+    """A store just filled has no statistics yet: a view's query may be estimated dear
+    enough for PostgreSQL to JIT-compile it, 10-60 ms for a query of a few."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with engine.connect() as conn:
+        configured = conn.exec_driver_sql("SHOW jit").scalar()
+    with read_session(engine, "reading") as conn:
+        assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+        assert conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+    with engine.connect() as conn:  # SET LOCAL: the pooled connection is as it was
+        assert conn.exec_driver_sql("SHOW jit").scalar() == configured
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_an_empty_database_has_no_schema_yet(empty_store_url: str, read_only: bool) -> None:
+    from arbiter.store.db import check_current
+
+    writer = make_engine(empty_store_url)
+    with writer.connect():  # the SQLite file exists, in WAL mode; no tables
+        pass
+    writer.dispose()
+    engine = make_engine(empty_store_url, read_only=read_only)
+    try:
+        with pytest.raises(StoreError, match=r"at nothing \(empty database\).*arbiter db upgrade"):
+            check_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_current_database_passes_the_check(store_url: str, engine: Engine) -> None:
+    from arbiter.store.db import check_current
+
+    with engine.connect():  # as the daemon leaves it: in WAL mode, which read-only needs
+        pass
+    reader = make_engine(store_url, read_only=True)
+    try:
+        check_current(reader)
+    finally:
+        reader.dispose()
