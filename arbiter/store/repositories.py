@@ -641,27 +641,20 @@ class DecisionRepository:
             )
 
     def recent(self, *, workload: str | None = None, limit: int = 50) -> list[Decision]:
-        """Newest first."""
+        """The last recorded first (not sorted by ``decided_at``: a clock that stepped
+        back must not reorder the log)."""
         d = t.decisions
-        query = select(d.c.explanation).order_by(d.c.decided_at.desc(), d.c.id.desc()).limit(limit)
+        query = select(d.c.explanation).order_by(d.c.seq.desc()).limit(limit)
         if workload:
             query = query.where(d.c.workload == workload)
         with translate_errors("reading decisions"), self._engine.connect() as conn:
             return [Decision.model_validate(row.explanation) for row in conn.execute(query)]
 
     def latest_all(self) -> dict[str, Decision]:
-        """Each workload's newest decision, in one query."""
+        """Each workload's last recorded decision, in one query."""
         d = t.decisions
-        newest = (
-            select(d.c.workload, func.max(d.c.decided_at).label("at"))
-            .group_by(d.c.workload)
-            .subquery()
-        )
-        query = (
-            select(d.c.workload, d.c.explanation)
-            .join(newest, (d.c.workload == newest.c.workload) & (d.c.decided_at == newest.c.at))
-            .order_by(d.c.workload, d.c.id)
-        )
+        newest = select(func.max(d.c.seq)).group_by(d.c.workload)
+        query = select(d.c.workload, d.c.explanation).where(d.c.seq.in_(newest))
         with translate_errors("reading decisions"), self._engine.connect() as conn:
             return {
                 row.workload: Decision.model_validate(row.explanation)
@@ -669,12 +662,14 @@ class DecisionRepository:
             }
 
     def latest(self, workload: str) -> Decision | None:
+        """The workload's last recorded decision (by insertion order, not by
+        ``decided_at``, which goes back when the clock steps back)."""
         d = t.decisions
         with translate_errors("reading decisions"), self._engine.connect() as conn:
             row = conn.execute(
                 select(d.c.explanation)
                 .where(d.c.workload == workload)
-                .order_by(d.c.decided_at.desc(), d.c.id.desc())
+                .order_by(d.c.seq.desc())
                 .limit(1)
             ).first()
         return None if row is None else Decision.model_validate(row.explanation)

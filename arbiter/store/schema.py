@@ -40,7 +40,7 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 """The Alembic head these tables correspond to (a test keeps it equal to the newest
 migration). Read-only commands compare it with ``alembic_version`` without loading
 Alembic, which keeps them fast to start."""
@@ -248,7 +248,10 @@ migration_events = Table(
 decisions = Table(
     "decisions",
     metadata,
-    Column("id", String(64), primary_key=True),
+    # Insertion order: the latest decision is the last one recorded, whatever the clock
+    # read (decided_at goes back when the clock steps back).
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
     Column("workload", String(63), nullable=False),
     Column("decided_at", UtcDateTime, nullable=False),
     Column("snapshot_id", String(64), nullable=False),
@@ -257,7 +260,7 @@ decisions = Table(
     Column("usd_per_hour", Float, nullable=False),
     Column("carbon_g_per_hour", Float),
     Column("explanation", json_type(), nullable=False),
-    Index(None, "workload", "decided_at"),
+    Index(None, "workload", "seq"),
     Index(None, "decided_at"),
 )
 

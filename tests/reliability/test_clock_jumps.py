@@ -201,12 +201,6 @@ def test_a_forward_jump_ends_a_cooldown_but_nothing_moves_until_fresh_prices_arr
     assert_steps_once_in_order(world.events(world.migrations()[-1]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the last decision is found by decided_at (DecisionRepository.latest, "
-    "latest_all), so after the clock steps back every pass records the decision again until "
-    "the clock passes the last one's time; reported, not fixed here",
-)
 def test_decisions_are_recorded_only_on_change_across_a_backward_jump(
     store: Store, tmp_path: Path
 ) -> None:

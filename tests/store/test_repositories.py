@@ -281,6 +281,43 @@ def test_decisions_round_trip_with_their_explanation(store: Store) -> None:
     assert store.decisions.latest("nothing") is None
 
 
+def test_the_latest_decision_is_the_last_recorded_even_when_the_clock_stepped_back(
+    store: Store,
+) -> None:
+    first = Decision(
+        id="d-1",
+        workload="chat-api",
+        decided_at=T0,
+        snapshot_id="snap-1",
+        placements=(Placement(workload="chat-api", offer=A100_OD, replicas=2),),
+        usd_per_hour=7.34,
+    )
+    store.decisions.record(first)
+    stepped_back = first.model_copy(
+        update={"id": "d-0", "decided_at": T0 - timedelta(minutes=10), "usd_per_hour": 3.67}
+    )
+    store.decisions.record(stepped_back)
+    assert store.decisions.latest("chat-api") == stepped_back
+    assert store.decisions.latest_all() == {"chat-api": stepped_back}
+    assert [d.id for d in store.decisions.recent()] == ["d-0", "d-1"], "newest recorded first"
+    assert [d.id for d in store.decisions.recent(workload="chat-api", limit=1)] == ["d-0"]
+
+
+def test_decisions_recorded_together_keep_the_order_they_were_given(store: Store) -> None:
+    base = Decision(
+        id="d-1",
+        workload="chat-api",
+        decided_at=T0,
+        snapshot_id="snap-1",
+        unplaceable_reasons=("no offer passes the policy",),
+    )
+    batch = [base.model_copy(update={"id": f"d-{n}"}) for n in (3, 1, 2)]
+    store.decisions.record_many(batch)
+    assert store.decisions.latest("chat-api") == batch[-1]
+    assert store.decisions.latest_all() == {"chat-api": batch[-1]}
+    assert [d.id for d in store.decisions.recent()] == ["d-2", "d-1", "d-3"]
+
+
 # -- capacity, carbon, instance types, source status ----------------------------
 
 from arbiter.domain.market import (  # noqa: E402

@@ -3,12 +3,17 @@ exactly the tables the code declares."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from arbiter.domain.decisions import Decision
 from arbiter.store import db
-from arbiter.store.schema import metadata
+from arbiter.store.repositories import Store
+from arbiter.store.schema import UtcDateTime, metadata
 
 
 def _tables(url: str) -> set[str]:
@@ -67,3 +72,93 @@ def test_the_schema_revision_constant_is_the_newest_migration() -> None:
     from arbiter.store.schema import SCHEMA_REVISION
 
     assert db.head_revision() == SCHEMA_REVISION
+
+
+# -- upgrading a store that holds data -------------------------------------------------
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _decision(id: str, workload: str, at: datetime) -> Decision:
+    return Decision(
+        id=id,
+        workload=workload,
+        decided_at=at,
+        snapshot_id="snap-1",
+        unplaceable_reasons=(f"{id}: no offer passes the policy",),
+    )
+
+
+def _insert_as_of_0003(url: str, decisions: list[Decision]) -> None:
+    """Rows written the way revision 0003's table takes them (no insertion order)."""
+    engine = db.make_engine(url)
+    table = sa.table(
+        "decisions",
+        *(sa.column(c) for c in ("id", "workload", "snapshot_id", "placed", "usd_per_hour")),
+        sa.column("decided_at", UtcDateTime),
+        sa.column("explanation", sa.JSON),
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.insert(table),
+                [
+                    {
+                        "id": d.id,
+                        "workload": d.workload,
+                        "decided_at": d.decided_at,
+                        "snapshot_id": d.snapshot_id,
+                        "placed": d.placed,
+                        "usd_per_hour": d.usd_per_hour,
+                        "explanation": d.model_dump(mode="json"),
+                    }
+                    for d in decisions
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_a_store_with_decisions_keeps_each_workloads_latest_and_orders_new_ones_after(
+    empty_store_url: str,
+) -> None:
+    """0004 numbers the existing decisions in the order 0003 read them (decided_at, then
+    id), so the latest of each workload is the same row before and after the upgrade;
+    a decision recorded afterwards is the latest even if the clock had stepped back."""
+    db.upgrade(empty_store_url, "0003")
+    old = [
+        _decision("d-b", "chat", T0 + timedelta(hours=1)),
+        _decision("d-a", "chat", T0),
+        _decision("d-c", "batch", T0),
+        _decision("d-d", "batch", T0),
+    ]
+    _insert_as_of_0003(empty_store_url, old)
+    db.upgrade(empty_store_url)
+    engine = db.make_engine(empty_store_url)
+    try:
+        store = Store(engine)
+        assert store.decisions.latest_all() == {"chat": old[0], "batch": old[3]}
+        assert [d.id for d in store.decisions.recent()] == ["d-b", "d-d", "d-c", "d-a"]
+        stepped_back = _decision("d-e", "chat", T0 - timedelta(minutes=10))
+        store.decisions.record(stepped_back)
+        assert store.decisions.latest("chat") == stepped_back
+        assert store.decisions.recent(limit=1) == [stepped_back]
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_to_0003_keeps_the_decisions(empty_store_url: str) -> None:
+    db.upgrade(empty_store_url, "0003")
+    old = [_decision("d-a", "chat", T0), _decision("d-b", "chat", T0 + timedelta(hours=1))]
+    _insert_as_of_0003(empty_store_url, old)
+    db.upgrade(empty_store_url)
+    db.downgrade(empty_store_url, "0003")
+    engine = db.make_engine(empty_store_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id FROM decisions ORDER BY id")).scalars().all()
+            assert rows == ["d-a", "d-b"]
+            assert db.current_revision(conn) == "0003"
+    finally:
+        engine.dispose()
+    db.upgrade(empty_store_url)
