@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import botocore
@@ -439,3 +440,147 @@ def test_the_known_countries_are_pycountrys_iso_3166_1() -> None:
     # read from pycountry's database file, without importing pycountry (start-up time)
     assert known_countries() == frozenset(c.alpha_2 for c in pycountry.countries)
     assert {"DE", "IE", "US", "ZA"} <= known_countries()
+
+
+# -- bad operator files: one line naming file, line and field, never a traceback -------
+
+MINE = '[groups.MINE]\ncountries = ["DE"]\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "field", "message"),
+    [
+        # not text
+        (b'[groups.MINE]\ncountries = ["DE", "\xffAT"]\n', 2, None, "not UTF-8 text (byte 0xff"),
+        (b"\xef\xbb\xbf\xfe" + MINE.encode(), 1, None, "not UTF-8"),
+        # not TOML
+        ('[groups.MINE]\ncountries = ["DE"]\nincludes = \n', 3, None, "not valid TOML"),
+        ('[groups.MINE]\ncountries = ["DE"\n', 2, None, "Unclosed array"),
+        ("[groups.MINE\n", 1, None, "not valid TOML"),
+        ("a = " + "[" * 5000 + "]" * 5000 + "\n", 1, None, "nested too deeply"),
+        # wrong types
+        ('[groups.MINE]\ncountries = "DE"\n', 2, "groups.MINE.countries", "must be a list"),
+        ('[groups.MINE]\ncountries = [["DE"]]\n', 2, "groups.MINE.countries", "must be a list"),
+        ('[groups.MINE]\ncountries = ["DE"]\nincludes = [1]\n', 3, "groups.MINE.includes", ""),
+        (MINE + "description = 3\n", 3, "groups.MINE.description", "must be a string"),
+        (MINE + "source = [1]\n", 3, "groups.MINE.source", "must be a string"),
+        ("groups = 3\n", 1, "groups", "must be a table of groups"),
+        ("# mine\n[groups]\nMINE = 3\n", 3, "groups.MINE", "must be a table"),
+        ('[[groups.MINE]]\ncountries = ["DE"]\n', 1, "groups.MINE", "must be a table"),
+        # nested tables
+        (MINE + '[groups.MINE.extra]\ncountries = ["AT"]\n', 3, "groups.MINE.extra", "unknown"),
+        ("[groups.MINE.countries]\nDE = true\n", 1, "groups.MINE.countries", "must be a list"),
+        ("[groups.MINE]\nincludes = { EU = true }\n", 2, "groups.MINE.includes", "must be a list"),
+        # unknown keys
+        (MINE + 'colour = "blue"\n', 3, "groups.MINE.colour", "unknown key(s) ['colour']"),
+        ("version = 2\n" + MINE, 1, "version", "unknown key(s) ['version']"),
+        # bad values, found where they are written
+        ('groups.MINE.countries = ["ZZ"]\n', 1, "groups.MINE.countries", "'ZZ'"),
+        (
+            '[groups.MINE]\ndescription = """\ncountries = nope\n"""\ncountries = ["ZZ"]\n',
+            5,
+            "groups.MINE.countries",
+            "'ZZ'",
+        ),
+        (
+            '[groups.MINE]\ncountries = [\n  "DE",\n]\nincludes = ["NOPE"]\n',
+            5,
+            "groups.MINE.includes",
+            "includes unknown group 'NOPE'",
+        ),
+        ('[groups."mine"]\ncountries = ["DE"]\n', 1, "groups.mine", "upper-case"),
+        (
+            '[groups.A1]\nincludes = ["B1"]\n\n[groups.B1]\nincludes = ["A1"]\n',
+            5,
+            "groups.B1.includes",
+            "cycle: A1 -> B1 -> A1",
+        ),
+    ],
+)
+def test_a_bad_jurisdictions_file_is_one_line_naming_its_file_line_and_field(
+    tmp_path: Path, content: str | bytes, line: int, field: str | None, message: str
+) -> None:
+    extra = tmp_path / "mine.toml"
+    if isinstance(content, bytes):
+        extra.write_bytes(content)
+    else:
+        extra.write_text(content)
+    with pytest.raises(CatalogError) as err:
+        load_jurisdictions([extra])
+    text = str(err.value)
+    assert (err.value.source, err.value.line) == (str(extra), line), text
+    if field is not None:
+        assert err.value.field == field, text
+    assert text.startswith(f"{extra}:{line}: {field + ': ' if field else ''}"), text
+    assert message in text
+    assert "\n" not in text
+
+
+def test_an_include_of_an_unknown_group_names_the_file_that_includes_it(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text(MINE)
+    second.write_text('# theirs\n[groups.THEIRS]\nincludes = ["MINE", "NOPE"]\n')
+    with pytest.raises(CatalogError) as err:
+        load_jurisdictions([first, second])
+    assert str(err.value).startswith(f"{second}:3: groups.THEIRS.includes: includes unknown")
+
+
+def test_a_regions_file_that_is_not_utf8_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "regions.csv"
+    path.write_bytes(
+        (HEADER + GOOD).encode() + b"aws,eu-west-1,Ireland,IE,Dubl\xefn,53.3,-6.2,IE\n"
+    )
+    with pytest.raises(CatalogError) as err:
+        load_catalog(regions_file=path)
+    assert str(err.value) == f"{path}:3: not UTF-8 text (byte 0xef at column 30)"
+
+
+def test_a_regions_file_too_odd_for_the_csv_reader_is_an_error_naming_its_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "regions.csv"
+    path.write_text(
+        HEADER + GOOD + 'aws,eu-west-1,"' + "x" * 200_000 + '",IE,Dublin,53.3,-6.2,IE\n'
+    )
+    with pytest.raises(CatalogError) as err:
+        load_catalog(regions_file=path)
+    assert str(err.value).startswith(f"{path}:3: not valid CSV: field larger than field limit")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_catalog_path_that_is_not_a_regular_file_is_refused_without_reading_it(
+    tmp_path: Path, kind: str
+) -> None:
+    path = {"fifo": tmp_path / "pipe.toml", "device": Path("/dev/zero"), "directory": tmp_path}[
+        kind
+    ]
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(CatalogError, match="not a regular file") as err:
+        load_jurisdictions([path])
+    assert err.value.source == str(path)
+    with pytest.raises(CatalogError, match="not a regular file"):
+        load_catalog(regions_file=path)
+
+
+@pytest.mark.parametrize("command", [["regions"], ["run"]])
+def test_the_cli_refuses_a_bad_jurisdictions_file_with_one_line_before_it_starts(
+    tmp_path: Path, command: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    from arbiter.cli.main import cli
+
+    extra = tmp_path / "mine.toml"
+    extra.write_bytes(b'[groups.MINE]\ncountries = ["D\xc3"]\n')
+    config = tmp_path / "config.toml"
+    config.write_text(f"[catalog]\njurisdictions_files = [{str(extra)!r}]\n")
+    database = tmp_path / "arbiter.db"
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "--database-url", f"sqlite:///{database}", *command]
+    )
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [f"arbiter: error: {extra}:2: not UTF-8 text (byte 0xc3 at column 16)"]
+    assert "Traceback" not in result.output
+    assert not database.exists(), "nothing was started"

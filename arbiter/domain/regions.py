@@ -101,7 +101,7 @@ def parse_jurisdictions(
     Errors name the document and the offending key.
     """
     countries: dict[str, set[str]] = {}
-    includes: dict[str, list[str]] = {}
+    includes: dict[str, list[tuple[str, str]]] = {}  # group → [(included group, source)]
     descriptions: dict[str, str] = {}
     for source, doc in tables:
         unknown_top = set(doc) - {"groups"}
@@ -109,6 +109,7 @@ def parse_jurisdictions(
             raise CatalogError(
                 f"unknown key(s) {sorted(unknown_top)}; expected only [groups.NAME] tables",
                 source=source,
+                field=min(unknown_top),
             )
         groups = doc.get("groups", {})
         if not isinstance(groups, Mapping):
@@ -127,7 +128,7 @@ def parse_jurisdictions(
                     f"unknown key(s) {sorted(extra)}; expected countries, includes, "
                     "description, source",
                     source=source,
-                    field=field,
+                    field=f"{field}.{min(extra)}",
                 )
             members = spec.get("countries", [])
             if not isinstance(members, list) or not all(isinstance(c, str) for c in members):
@@ -143,36 +144,46 @@ def parse_jurisdictions(
                         source=source,
                         field=f"{field}.countries",
                     )
-            countries.setdefault(name, set()).update(members)
             inc = spec.get("includes", [])
             if not isinstance(inc, list) or not all(isinstance(g, str) for g in inc):
                 raise CatalogError(
                     "must be a list of group names", source=source, field=f"{field}.includes"
                 )
-            includes.setdefault(name, []).extend(inc)
+            for key in ("description", "source"):
+                if not isinstance(spec.get(key, ""), str):
+                    raise CatalogError("must be a string", source=source, field=f"{field}.{key}")
+            countries.setdefault(name, set()).update(members)
+            includes.setdefault(name, []).extend((group, source) for group in inc)
             if "description" in spec:
-                descriptions[name] = str(spec["description"])
+                descriptions[name] = spec["description"]
 
     resolved: dict[str, frozenset[str]] = {}
 
-    def resolve(name: str, trail: tuple[str, ...]) -> frozenset[str]:
-        if name not in countries:
-            raise CatalogError(
-                f"includes unknown group {name!r}; known: {', '.join(sorted(countries))}",
-                source=source,
-                field=f"groups.{trail[-1]}.includes",
-            )
-        if name in trail:
-            cycle = " -> ".join((*trail, name))
-            raise CatalogError(f"groups include each other in a cycle: {cycle}", source=source)
+    def resolve(name: str, trail: tuple[tuple[str, str], ...]) -> frozenset[str]:
+        """``trail``: the (group, source of its include) edges that led to ``name``."""
+        if trail:
+            group, source = trail[-1]
+            if name not in countries:
+                raise CatalogError(
+                    f"includes unknown group {name!r}; known: {', '.join(sorted(countries))}",
+                    source=source,
+                    field=f"groups.{group}.includes",
+                )
+            names = [g for g, _ in trail]
+            if name in names:
+                cycle = " -> ".join((*names[names.index(name) :], name))
+                raise CatalogError(
+                    f"groups include each other in a cycle: {cycle}",
+                    source=source,
+                    field=f"groups.{group}.includes",
+                )
         if name not in resolved:
             members = set(countries[name])
-            for group in includes.get(name, []):
-                members |= resolve(group, (*trail, name))
+            for included, source in includes.get(name, []):
+                members |= resolve(included, (*trail, (name, source)))
             resolved[name] = frozenset(members)
         return resolved[name]
 
-    source = ", ".join(s for s, _ in tables)
     for name in list(countries):
         resolve(name, ())
     return Jurisdictions(resolved, descriptions)
