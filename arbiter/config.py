@@ -31,6 +31,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -238,6 +239,27 @@ class Settings(_Section):
     interruptions: dict[str, InterruptionSourceConfig] = Field(default_factory=dict)
     """Interruption notice sources by name; empty means none."""
 
+    _file: Path | None = PrivateAttr(default=None)
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def origin_of(self, key: str) -> str:
+        """Where the setting ``key`` (dotted) came from, for an error found after loading
+        (an executor checks its options when it is built): the variable that set it,
+        else ``FILE:LINE`` of the config file (the line of the key, or of the nearest
+        table holding it), else ``config`` (settings made in code)."""
+        from arbiter.toml_lines import line_of
+
+        if key in self._origins:
+            return self._origins[key]
+        line = None
+        if self._file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                line = line_of(self._file.read_text(encoding="utf-8"), key)
+        if line is not None:
+            return f"{self._file}:{line}"
+        below = sorted(v for k, v in self._origins.items() if k.startswith(f"{key}."))
+        return below[0] if below else str(self._file or "config")
+
 
 class LoadedConfig:
     """Validated settings plus where they came from."""
@@ -337,6 +359,7 @@ def load_config(
     from arbiter.logs import register_secrets
 
     register_secrets(configured_secrets(settings))
+    settings._file, settings._origins = file, dict(origins)
     return LoadedConfig(settings, file=file, origins=origins)
 
 

@@ -293,7 +293,9 @@ class Daemon:
         from arbiter.reconcile import Reconciler
 
         conf = self.settings.executor
-        executor = make_executor(conf.kind, self.clock, conf.options)
+        executor = make_executor(
+            conf.kind, self.clock, conf.options, origin=self.settings.origin_of
+        )
         migrator = Migrator(self.store, executor, executor, self.clock, actor=self.name)
         daemon = self.settings.daemon
         if daemon.kill_switch_file is None:

@@ -39,6 +39,7 @@ class ConfigError(ArbiterError):
     """A config file or ARBITER_* environment variable is invalid."""
 
     def __init__(self, message: str, *, source: str, key: str | None = None) -> None:
+        self.message = message
         self.source = source
         self.key = key
         where = f"{source}: {key}" if key else source

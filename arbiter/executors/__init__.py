@@ -7,6 +7,7 @@ imported only when chosen, so the CLI never pays for the Kubernetes or cloud SDK
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 EXECUTORS: dict[str, str] = {
@@ -18,8 +19,20 @@ EXECUTORS: dict[str, str] = {
 """name → ``module:factory``. Each factory takes ``(clock, options)``."""
 
 
-def make_executor(name: str, clock: Any, options: dict[str, Any] | None = None) -> Any:
-    """The executor registered under ``name`` (it is also its traffic router)."""
+def make_executor(
+    name: str,
+    clock: Any,
+    options: dict[str, Any] | None = None,
+    *,
+    origin: Callable[[str], str] | None = None,
+) -> Any:
+    """The executor registered under ``name`` (it is also its traffic router).
+
+    Its options are checked as it is built, after the config was loaded: ``origin``
+    (``Settings.origin_of``) turns a setting's key into where it was set, so a
+    ConfigError about ``executor.options.KEY`` names the config file and line (or the
+    variable), as errors found while loading the config do.
+    """
     from arbiter.errors import ConfigError, unknown_name_message
 
     target = EXECUTORS.get(name)
@@ -30,4 +43,9 @@ def make_executor(name: str, clock: Any, options: dict[str, Any] | None = None) 
             key="executor.kind",
         )
     module, _, factory = target.partition(":")
-    return getattr(importlib.import_module(module), factory)(clock, options or {})
+    try:
+        return getattr(importlib.import_module(module), factory)(clock, options or {})
+    except ConfigError as exc:
+        if origin is None or exc.key is None or not exc.key.startswith("executor."):
+            raise
+        raise ConfigError(exc.message, source=origin(exc.key), key=exc.key) from exc

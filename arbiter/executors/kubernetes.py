@@ -230,7 +230,7 @@ class KubernetesOptions(_Closed):
         """Validate ``options``; a ConfigError names ``executor.options`` and the key."""
         where = "executor.options"
         if not isinstance(options, Mapping):
-            raise ConfigError("expected a table of options", source=where)
+            raise ConfigError("expected a table of options", source="config", key=where)
         try:
             return cls.model_validate(dict(options))
         except ValidationError as exc:
@@ -240,7 +240,7 @@ class KubernetesOptions(_Closed):
             if error["type"] == "extra_forbidden":
                 model = _model_at(cls, loc[:-1])
                 message = f"unknown option; known: {', '.join(model.model_fields)}"
-            raise ConfigError(message, source=where, key=".".join(loc) or None) from None
+            raise ConfigError(message, source="config", key=".".join([where, *loc])) from None
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[str]) -> type[BaseModel]:
@@ -522,8 +522,8 @@ class KubernetesExecutor:
         if cluster.kubeconfig is not None and not cluster.kubeconfig.is_file():
             raise ConfigError(
                 f"no kubeconfig file at {cluster.kubeconfig}",
-                source="executor.options",
-                key=f"{where}.kubeconfig",
+                source="config",
+                key=f"executor.options.{where}.kubeconfig",
             )
         configuration = k8s.Configuration()
         configuration.retries = False  # retries are the caller's, declared once
@@ -538,8 +538,8 @@ class KubernetesExecutor:
             key = "context" if cluster.context else "kubeconfig"
             raise ConfigError(
                 f"cannot load the kube config: {exc}",
-                source="executor.options",
-                key=f"{where}.{key}",
+                source="config",
+                key=f"executor.options.{where}.{key}",
             ) from exc
         return client
 

@@ -570,8 +570,8 @@ def test_bad_options_are_config_errors_naming_the_key(
     change(options)
     with pytest.raises(ConfigError) as caught:
         KubernetesExecutor(rig.clock, options)
-    assert caught.value.source == "executor.options"
-    assert caught.value.key == key
+    assert caught.value.source == "config"
+    assert caught.value.key == f"executor.options.{key}"
     assert message in str(caught.value)
 
 
@@ -589,7 +589,7 @@ def test_a_missing_kube_context_is_a_config_error_naming_the_cluster(rig: Rig) -
     options["clusters"][A.region_key]["context"] = "nowhere"
     with pytest.raises(ConfigError) as caught:
         KubernetesExecutor(rig.clock, options)
-    assert caught.value.key == "clusters.gcp:us-east4.context"
+    assert caught.value.key == "executor.options.clusters.gcp:us-east4.context"
 
 
 def test_a_missing_kubeconfig_file_is_a_config_error(rig: Rig, tmp_path: Path) -> None:
@@ -597,7 +597,7 @@ def test_a_missing_kubeconfig_file_is_a_config_error(rig: Rig, tmp_path: Path) -
     options["clusters"][B.region_key]["kubeconfig"] = str(tmp_path / "absent")
     with pytest.raises(ConfigError, match="no kubeconfig file at") as caught:
         KubernetesExecutor(rig.clock, options)
-    assert caught.value.key == "clusters.aws:us-east-1.kubeconfig"
+    assert caught.value.key == "executor.options.clusters.aws:us-east-1.kubeconfig"
 
 
 def test_the_registry_builds_it_by_name(rig: Rig) -> None:
