@@ -39,8 +39,16 @@ left short are reported with the rule that stopped them. A throughput-sized work
 is placed whole or not at all; a replica-sized one may be placed in part (status
 ``partial``).
 
+**Parts.** Workloads are coupled only through offers whose capacity may bind and
+through budget groups; the workloads connected by those fall apart into independent
+groups, and the cheapest placement of the whole is the cheapest of each. Each group
+is solved as a MILP of its own (small ones together, :func:`_parts`), with its share
+of the time; the whole's gap is Σ (cost − bound) / Σ cost over the parts, so parts
+within ``mip_rel_gap`` each make a whole within it.
+
 **Bounds.** The LP relaxation is tightened by rows every integer placement keeps, so
-the proof is short: the rounding of each throughput row at its cheapest levels; the
+the proof is short: the rounding of each throughput row at its cheapest levels, and
+of it together with the spot share (:func:`_add_mix_cuts`); the
 exact hull of each throughput target over its levels (an extended formulation over
 the minimal patterns of replicas per level that reach it, see
 :func:`_add_level_hulls`); on-demand and other-provider replicas rounded up from the
@@ -52,7 +60,10 @@ knapsack whose LP bound is a fraction of a replica off, and branching closes the
 group at a time.
 
 **Start.** Each phase starts from a placement: a greedy one (each workload in turn on
-the cheapest columns with room and budget left, within its rules), improved by fixing
+the cheapest columns with room and budget left, within its rules) or, for a part
+larger than a batch, the rounding of the LP relaxation when it is better (whole
+workloads kept, the others rounded within their rules, the rest greedy, then a local
+search: :func:`_lp_start`), improved by fixing
 the workloads the LP relaxation places whole and solving the rest, which fall apart
 into small independent groups, as small MILPs (:func:`_rounded_start`); for phase two,
 RINS around phase one's placement (which ignores cost). Only starts, checked before
@@ -101,6 +112,7 @@ The domain reads no clock: ``solve_seconds`` is HiGHS's own run time.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1071,6 +1083,51 @@ def _add_share_rounding(
         a.add(rows + pair_of[other], x[col_rep[other]], 1.0)
 
 
+def _add_mix_cuts(
+    a: _Rows,
+    d: _Demands,
+    w: IntArray,
+    x: IntArray,
+    tput: FloatArray,
+    spot: BoolArray,
+    placed_var: IntArray,
+) -> None:
+    """Chvátal–Gomory cuts of a throughput target and its spot share together. With
+    spot share s, Σ_spot x ≤ s·Σ x, i.e. (1 − s)·Σ_spot x − s·Σ_od x ≤ 0; μ times that
+    subtracted from the target row Σ t_j·x_j ≥ target gives Σ a_j·x_j ≥ target with
+    a_j = t_j − μ(1 − s) on spot and t_j + μ·s on demand; divided by u and rounded up
+    (x ≥ 0 integer; a negative coefficient may be raised to 0), and times z (a
+    workload left unplaced, z = 0, keeps the row with any x):
+    Σ max(⌈a_j/u⌉, 0)·x_j ≥ ⌈target/u⌉·z. One cut per pair of a spot level t_s and a
+    slower on-demand level t_o, with μ = t_s − t_o so both weigh u = s·t_s + (1 − s)·t_o:
+    the mix the LP relaxation otherwise buys in fractions (5.7 spot and 5.7 on-demand
+    replicas where 6 and 6 are needed) counts whole replicas of that mix."""
+    on = d.throughput_sized[w] & (d.spot_share[w] > 0) & (d.spot_share[w] < 1)
+    if not on.any():
+        return
+    cols = np.flatnonzero(on)
+    order = cols[np.argsort(w[cols], kind="stable")]
+    bounds = np.flatnonzero(np.r_[True, w[order][1:] != w[order][:-1], True])
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        mine = order[first:last]
+        wl = int(w[mine[0]])
+        share, target = float(d.spot_share[wl]), float(d.target[wl])
+        t, is_spot = tput[mine], spot[mine]
+        for t_s in np.unique(t[is_spot]).tolist():
+            for t_o in np.unique(t[~is_spot]).tolist():
+                if t_o >= t_s:
+                    continue
+                mu = t_s - t_o
+                u = share * t_s + (1 - share) * t_o
+                coef = np.where(is_spot, t - mu * (1 - share), t + mu * share) / u
+                coef = np.maximum(np.ceil(coef - 1e-9), 0.0)
+                need = math.ceil(target / u - 1e-9)
+                row = a.add_rows(np.zeros(1), np.full(1, np.inf))
+                used = coef > 0
+                a.add(np.full(int(used.sum()), row), x[mine[used]], coef[used])
+                a.add(np.array([row]), placed_var[wl : wl + 1], -float(need))
+
+
 def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     n_w = p.n_workloads
     m = len(cols)
@@ -1135,6 +1192,7 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     _add_rounding_cuts(a, d, w, x, cost, tput, placed_var)
     _add_level_hulls(a, d, w, x, tput, placed_var, lambda k: new_vars(k, 0.0, 1.0, 0.0, 0))
     _add_share_rounding(a, d, w, x, tput, spot, provider, placed_var)
+    _add_mix_cuts(a, d, w, x, tput, spot, placed_var)
     # The total of a throughput-sized workload with share rules (see _prepare).
     capped_total = np.flatnonzero(active & np.isfinite(c.total_cap))
     if len(capped_total):
@@ -1293,7 +1351,9 @@ class _Tally:
         )
 
 
-def _greedy_start(p: Problem, d: _Demands, c: _Candidates, model: _Model) -> FloatArray:
+def _greedy_start(
+    p: Problem, d: _Demands, c: _Candidates, model: _Model, kept: FloatArray | None = None
+) -> FloatArray:
     """A feasible placement to start HiGHS from (replicas per model column), so that
     it begins near the optimum instead of from "nothing placed". Workload by workload,
     cheapest per unit first, one replica at a time on the cheapest column with room
@@ -1301,8 +1361,10 @@ def _greedy_start(p: Problem, d: _Demands, c: _Candidates, model: _Model) -> Flo
     replica count, within what the share rules allow a full placement; for a
     throughput target, on a provider and market still within their shares when one
     is, until the target is reached and the shares are kept. A workload whose result
-    breaks a rule (a partial placement may) is left out. Only a start: the solve
-    decides."""
+    breaks a rule (a partial placement may) is left out. ``kept``: replicas already
+    placed (of workloads placed whole, within the rows together), which stay and are
+    placed first; only the other workloads are placed greedily. Only a start: the
+    solve decides."""
     cols = model.cols
     n = len(cols)
     w_of = c.workload[cols]
@@ -1316,6 +1378,11 @@ def _greedy_start(p: Problem, d: _Demands, c: _Candidates, model: _Model) -> Flo
     free = c.capacity.tolist()
     left = [*p.budgets, math.inf]
     x = [0] * n
+    done = np.zeros(len(d.replicas), dtype=np.bool_)
+    if kept is not None:
+        x = np.rint(kept).astype(np.int64).tolist()
+        done[w_of[kept > 0.5]] = True
+        free, left = _Columns(p, d, c, model).room(p, d, c, kept)
 
     sized = d.throughput_sized
     price = np.where(sized[w_of], c.cost[cols] / np.maximum(c.throughput[cols], _EPS), c.cost[cols])
@@ -1327,7 +1394,7 @@ def _greedy_start(p: Problem, d: _Demands, c: _Candidates, model: _Model) -> Flo
 
     for w in np.argsort(per_unit, kind="stable").tolist():
         mine = col_order[starts[w] : starts[w + 1]].tolist()
-        if not mine:
+        if not mine or done[w]:
             continue
         gpus = float(d.gpus[w])
         group = int(d.budget_group[w])
@@ -1378,6 +1445,178 @@ def _greedy_start(p: Problem, d: _Demands, c: _Candidates, model: _Model) -> Flo
     return np.array(x, dtype=np.float64)
 
 
+class _Columns:
+    """The model's columns as Python lists, for the start heuristics' loops, and the
+    room and budget a placement leaves."""
+
+    def __init__(self, p: Problem, d: _Demands, c: _Candidates, model: _Model) -> None:
+        cols = model.cols
+        n = len(cols)
+        self.workload = c.workload[cols]
+        offers = c.offer[cols]
+        self.offer: list[int] = offers.tolist()
+        self.cost: list[float] = c.cost[cols].tolist()
+        self.tput: list[float] = c.throughput[cols].tolist()
+        self.upper: list[float] = model.upper[:n].tolist()
+        self.region: list[int] = p.offer_region[offers].tolist()
+        self.provider: list[int] = p.offer_provider[offers].tolist()
+        self.spot: list[bool] = p.offer_spot[offers].tolist()
+        order = np.argsort(self.workload, kind="stable")
+        bounds = np.searchsorted(self.workload[order], np.arange(len(d.replicas) + 1))
+        self.of: list[list[int]] = [
+            order[bounds[w] : bounds[w + 1]].tolist() for w in range(len(d.replicas))
+        ]
+        self.gpus: list[float] = d.gpus.tolist()
+        self.group: list[int] = d.budget_group.tolist()
+
+    def room(
+        self, p: Problem, d: _Demands, c: _Candidates, x: FloatArray
+    ) -> tuple[list[float], list[float]]:
+        """GPUs free per offer and budget left per group (last: no group) beside ``x``."""
+        gpus = d.gpus[self.workload] * x
+        used = np.bincount(
+            np.asarray(self.offer, dtype=np.int64), weights=gpus, minlength=len(c.capacity)
+        )
+        group = np.where(
+            d.budget_group[self.workload] >= 0, d.budget_group[self.workload], len(p.budgets)
+        )
+        spent = np.bincount(group, weights=np.asarray(self.cost) * x, minlength=len(p.budgets) + 1)
+        return (c.capacity - used).tolist(), (np.array([*p.budgets, math.inf]) - spent).tolist()
+
+    def keeps_rules(self, d: _Demands, w: int, counts: dict[int, int]) -> bool:
+        """Replicas ``counts`` (column → replicas) keep every rule of workload ``w``:
+        for a replica count, all of it."""
+        t = _Tally()
+        for j, k in counts.items():
+            for _ in range(k):
+                t.add(self.region[j], self.provider[j], self.spot[j], self.tput[j])
+        if not d.throughput_sized[w] and t.placed != int(d.replicas[w]):
+            return False
+        return t.keeps_rules(d, w)
+
+
+def _lp_start(
+    p: Problem, d: _Demands, c: _Candidates, model: _Model, *, time_limit: float
+) -> tuple[FloatArray | None, float]:
+    """A start from the LP relaxation (real cost plus a penalty per missing unit),
+    and the seconds HiGHS spent: workloads it places in whole replicas keep them;
+    each other one takes the cheapest rounding of its fractional columns (each one
+    replica below its floor to one above its ceiling) that keeps its rules, the room
+    and the budget left; the rest are placed greedily (:func:`_greedy_start`), and a
+    local search improves the result (:func:`_improve`). None when the LP is not
+    solved in time. Only a start: with the rows that tighten the relaxation most
+    workloads come out whole, and HiGHS's own rounding finds as good only after its
+    root cut loop."""
+    h = _highs(model, time_limit=time_limit, mip_rel_gap=0.0)
+    cost, _ = _penalised(model)
+    h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), cost)
+    h.setOptionValue("solve_relaxation", True)
+    h.run()
+    seconds = float(h.getRunTime())
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None, seconds
+    m = len(model.cols)
+    lp = np.asarray(h.getSolution().col_value, dtype=np.float64)[:m]
+    lp = np.maximum(lp, 0.0)
+    cs = _Columns(p, d, c, model)
+    fractional = np.abs(lp - np.rint(lp)) > 1e-6
+    frac_w = np.bincount(cs.workload[fractional], minlength=len(d.replicas)) > 0
+    x = np.zeros(m)
+    free, left = cs.room(p, d, c, x)
+    # Whole workloads first (together they keep every shared row, as in the LP), then
+    # the others, fewest fractional columns first.
+    n_frac = np.bincount(cs.workload[fractional], minlength=len(d.replicas))
+    for w in np.lexsort((np.arange(len(d.replicas)), n_frac)).tolist():
+        mine = cs.of[w]
+        if not mine:
+            continue
+        base = np.floor(lp[mine] + 1e-6)
+        if not frac_w[w] and base.sum() == 0:
+            continue
+        at = [i for i, j in enumerate(mine) if fractional[j]]
+        steps = (-1, 0, 1, 2) if len(at) <= 3 else (0, 1) if len(at) <= 8 else (0,)
+        best: list[int] | None = None
+        best_cost = math.inf
+        g, group = cs.gpus[w], cs.group[w]
+        for delta in itertools.product(steps, repeat=len(at)):
+            counts = base.copy()
+            counts[at] += delta
+            if (counts < 0).any() or (counts > model.upper[mine]).any():
+                continue
+            spend = float(counts @ np.asarray([cs.cost[j] for j in mine]))
+            if spend >= best_cost or spend > left[group] + _EPS:
+                continue
+            need: dict[int, float] = {}
+            for j, k in zip(mine, counts.tolist(), strict=True):
+                if k > 0:
+                    need[cs.offer[j]] = need.get(cs.offer[j], 0.0) + k * g
+            if any(free[o] < gpus - _EPS for o, gpus in need.items()):
+                continue
+            placed = {j: int(k) for j, k in zip(mine, counts.tolist(), strict=True) if k > 0}
+            if cs.keeps_rules(d, w, placed):
+                best, best_cost = counts.astype(np.int64).tolist(), spend
+        if best is None:
+            continue
+        for j, k in zip(mine, best, strict=True):
+            if k:
+                x[j] = k
+                free[cs.offer[j]] -= k * g
+        left[group] -= best_cost
+    x = _greedy_start(p, d, c, model, kept=x)
+    return _improve(p, d, c, model, x, cs), seconds
+
+
+def _improve(
+    p: Problem, d: _Demands, c: _Candidates, model: _Model, x: FloatArray, cs: _Columns
+) -> FloatArray:
+    """A local search on a start, workload by workload: drop a replica of a
+    throughput target, or move one to a cheaper column, while the workload's rules,
+    the room and the budget allow; the best move first, until none helps."""
+    x = x.copy()
+    free, left = cs.room(p, d, c, x)
+    for w in range(len(d.replicas)):
+        mine = cs.of[w]
+        placed = {j: int(x[j]) for j in mine if x[j] > 0.5}
+        if not placed:
+            continue
+        g, group = cs.gpus[w], cs.group[w]
+        sized = bool(d.throughput_sized[w])
+        while True:
+            best: tuple[int, int] | None = None
+            gain = 1e-9
+            for j in [j for j, k in placed.items() if k > 0]:
+                placed[j] -= 1
+                if sized and cs.cost[j] > gain and cs.keeps_rules(d, w, placed):
+                    best, gain = (j, -1), cs.cost[j]
+                for k in mine:
+                    saving = cs.cost[j] - cs.cost[k]
+                    if (
+                        k == j
+                        or saving <= gain
+                        or x[k] >= cs.upper[k] - _EPS
+                        or free[cs.offer[k]] < g - _EPS
+                    ):
+                        continue
+                    placed[k] = placed.get(k, 0) + 1
+                    if cs.keeps_rules(d, w, placed):
+                        best, gain = (j, k), saving
+                    placed[k] -= 1
+                placed[j] += 1
+            if best is None:
+                break
+            j, k = best
+            placed[j] -= 1
+            x[j] -= 1
+            free[cs.offer[j]] += g
+            left[group] += cs.cost[j]
+            if k >= 0:
+                placed[k] = placed.get(k, 0) + 1
+                x[k] += 1
+                free[cs.offer[k]] -= g
+                left[group] -= cs.cost[k]
+    return x
+
+
 # ---------------------------------------------------------------------------- solving
 
 
@@ -1391,6 +1630,9 @@ class _Run:
     solves: int = 1
     bound: float = -math.inf
     """HiGHS's dual bound on the objective solved."""
+    phase: int = 2
+    """The phase the run ended in: 1 when time ran out in phase one (``gap`` and
+    ``bound`` are then of the missing units), else 2 (of the cost)."""
 
 
 def _highs(
@@ -1792,6 +2034,7 @@ def _solve_model(
             # Out of time: phase one's placement, or the start if it misses as few.
             if not _better(model, first.values, start):
                 first.values = start
+            first.phase = 1
             return first
         solves = 1
         fewest = first.values
@@ -1859,23 +2102,130 @@ def solve(
     n_cand = len(c.index)
     cols = _reduce(problem, d, c) if reduce and n_cand else np.arange(n_cand, dtype=np.int64)
     x = np.zeros(len(cols))
-    model: _Model | None = None
-    run: _Run | None = None
-    if len(cols):
-        model = _build(problem, d, c, cols)
+    chosen = np.zeros(problem.n_workloads, dtype=np.bool_)
+    runs: list[tuple[_Model, _Run]] = []
+    parts = _parts(problem, d, c, cols)
+    sizes = np.array([len(part) for part in parts], dtype=np.float64)
+    for i, part in enumerate(parts):
+        # Each part's share of the time by its size, and of an absolute gap: the
+        # parts' gaps add up to the whole one.
+        share = float(sizes[i] / sizes.sum())
+        model = _build(problem, d, c, cols[part])
         start = _start_from(model, _greedy_start(problem, d, c, model), d, c)
+        lp_seconds = 0.0
+        if len(part) > _PART_COLUMNS:
+            rounded, lp_seconds = _lp_start(problem, d, c, model, time_limit=time_limit * share)
+            if rounded is not None:
+                rounded = _start_from(model, rounded, d, c)
+                if _better(model, rounded, start):
+                    start = rounded
         run = _solve_model(
             problem,
             d,
             c,
             model,
             start,
-            time_limit=time_limit,
+            time_limit=time_limit * share,
             mip_rel_gap=mip_rel_gap,
-            mip_abs_gap=mip_abs_gap,
+            mip_abs_gap=mip_abs_gap * share,
         )
-        x = np.rint(run.values[: len(cols)])
-    return _solution(problem, d, c, cols, model, run, x)
+        run.seconds += lp_seconds
+        x[part] = np.rint(run.values[: len(part)])
+        has_z = model.placed_var >= 0
+        chosen[has_z] = run.values[model.placed_var[has_z]] > 0.5
+        runs.append((model, run))
+    return _solution(problem, d, c, cols, x, chosen, _summary(runs))
+
+
+def _parts(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> list[IntArray]:
+    """The model's columns (positions in ``cols``) in parts that share no row, each
+    solved alone: workloads are coupled only through offers whose capacity may bind
+    and through budget groups, so the workloads connected by those fall apart into
+    independent groups, and the cheapest placement of the whole is the cheapest of
+    each. Small groups are solved together, up to :data:`_PART_COLUMNS` columns at
+    once (HiGHS's fixed cost per solve would otherwise dominate); each group larger
+    than that is a part of its own."""
+    if len(cols) == 0:
+        return []
+    n_w = p.n_workloads
+    w = c.workload[cols]
+    # Nodes: workloads, then offers with bounded capacity, then budget groups; one
+    # label per node, lowered along edges to the least label of its component.
+    n_o = len(c.capacity)
+    edges = [np.stack([w[c.bounded[cols]], n_w + c.offer[cols][c.bounded[cols]]])]
+    budgeted = np.flatnonzero(d.budget_group >= 0)
+    edges.append(np.stack([budgeted, n_w + n_o + d.budget_group[budgeted]]))
+    a, b = np.concatenate(edges, axis=1)
+    label = np.arange(n_w + n_o + max(len(p.budgets), 1), dtype=np.int64)
+    while len(a):
+        low = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        new = new[new]  # the label's label: fewer rounds along long chains
+        if np.array_equal(new, label):
+            break
+        label = new
+    comp = label[w]
+    ids, inverse, size = np.unique(comp, return_inverse=True, return_counts=True)
+    # Components smallest first, packed into parts; columns of one component stay
+    # together, in their order in ``cols``.
+    order = np.argsort(size, kind="stable")
+    part_of = np.empty(len(ids), dtype=np.int64)
+    filled, current = 0, 0
+    for k in order.tolist():
+        if filled and filled + int(size[k]) > _PART_COLUMNS:
+            current += 1
+            filled = 0
+        part_of[k] = current
+        filled += int(size[k])
+    of_col = part_of[inverse.ravel()]
+    by_part = np.argsort(of_col, kind="stable")
+    bounds = np.searchsorted(of_col[by_part], np.arange(current + 2))
+    return [by_part[bounds[i] : bounds[i + 1]] for i in range(current + 1)]
+
+
+_PART_COLUMNS = 300
+"""Columns of independent workload groups solved together in one MILP."""
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """The parts' runs as one: the gap of the whole, from each part's bound."""
+
+    gap: float
+    optimal: bool
+    time_limited: bool
+    seconds: float
+    solves: int
+
+
+def _summary(runs: Sequence[tuple[_Model, _Run]]) -> _Summary | None:
+    """The whole solve's gap: Σ (cost − bound) / Σ cost over the parts, HiGHS's own
+    definition applied to the sum (the parts share no row, so the sum of their bounds
+    bounds the whole). If time ran out in phase one in some part, the largest of
+    those parts' gaps, of the missing units (see :attr:`Solution.gap`)."""
+    if not runs:
+        return None
+    first_phase = [run.gap for _, run in runs if run.phase == 1]
+    if first_phase:
+        gap = max(first_phase)
+    else:
+        cost = sum(float(model.cost @ run.values) for model, run in runs)
+        bound = sum(
+            run.bound
+            if math.isfinite(run.bound)
+            else float(model.cost @ run.values) * (1 - run.gap if math.isfinite(run.gap) else 0.0)
+            for model, run in runs
+        )
+        gap = max(cost - bound, 0.0) / abs(cost) if abs(cost) > _EPS else 0.0
+    return _Summary(
+        gap=gap,
+        optimal=all(run.optimal for _, run in runs),
+        time_limited=any(run.time_limited for _, run in runs),
+        seconds=sum(run.seconds for _, run in runs),
+        solves=max(run.solves for _, run in runs),
+    )
 
 
 def _start_from(model: _Model, x: FloatArray, d: _Demands, c: _Candidates) -> FloatArray:
@@ -1900,21 +2250,18 @@ def _solution(
     d: _Demands,
     c: _Candidates,
     cols: IntArray,
-    model: _Model | None,
-    run: _Run | None,
     x: FloatArray,
+    chosen: BoolArray,
+    run: _Summary | None,
 ) -> Solution:
-    """The solution from replicas ``x`` on the model's columns ``cols``."""
+    """The solution from replicas ``x`` on the model's columns ``cols``; ``chosen``:
+    the throughput-sized workloads the solver placed (their z)."""
     n_w = p.n_workloads
     w_m = c.workload[cols]
     placed = np.bincount(w_m, weights=x, minlength=n_w)
     # A throughput-sized workload is placed whole or not at all: its z says which (x
     # may hold leftovers the solver had no reason to clear when z = 0).
     reached = np.bincount(w_m, weights=x * c.throughput[cols], minlength=n_w)
-    chosen = np.zeros(n_w, dtype=np.bool_)
-    if model is not None and run is not None:
-        has_z = model.placed_var >= 0
-        chosen[has_z] = run.values[model.placed_var[has_z]] > 0.5
     short = d.throughput_sized & (~chosen | (reached < d.target * (1 - 1e-6)))
     x = np.where(short[w_m], 0.0, x)
     placed = np.where(short, 0.0, placed)

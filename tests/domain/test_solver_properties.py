@@ -535,3 +535,109 @@ def test_a_part_solved_with_the_rest_fixed_keeps_every_row_of_the_whole(p: Probl
         run = solver._run_once(h, values[keep])
         values[keep] = run.values
     assert solver._feasible(model, values)
+
+
+# ------------------------------------------------------------ parts and the LP start
+#
+# Problems this small are one part and never get the LP start; with parts of one
+# column every component is a part of its own and every part of more than one column
+# starts from the LP rounding.
+
+
+@PROPERTY
+@given(SMALL)
+def test_solved_part_by_part_the_solver_still_finds_the_brute_force_optimum(p: Problem) -> None:
+    with patch.object(solver, "_PART_COLUMNS", 1):
+        s = solve(p, mip_rel_gap=0.0)
+    check(p, s)
+    assert s.optimal and s.gap <= 1e-9
+    best = brute_force(p)
+    units, cost = solver_score(p, s)
+    assert units == best[0]
+    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_parts_never_change_the_optimum(p: Problem) -> None:
+    whole = solve(p, mip_rel_gap=0.0)
+    with patch.object(solver, "_PART_COLUMNS", 1):
+        parted = solve(p, mip_rel_gap=0.0)
+    check(p, parted)
+    a, b = solver_score(p, parted), solver_score(p, whole)
+    assert a[0] == b[0]
+    assert math.isclose(a[1], b[1], rel_tol=1e-6, abs_tol=TOL), (a, b)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_the_parts_gap_bounds_the_cost_above_the_optimum(p: Problem) -> None:
+    exact = solve(p, mip_rel_gap=0.0)
+    with patch.object(solver, "_PART_COLUMNS", 1):
+        loose = solve(p, mip_rel_gap=0.2)
+    check(p, loose)
+    assert loose.optimal and 0 <= loose.gap <= 0.2 + 1e-9
+    units, cost = solver_score(p, loose)
+    best = solver_score(p, exact)
+    assert units == best[0]
+    # The whole's gap is of Σ cost over the parts: the optimum lies within it.
+    assert best[1] >= cost * (1 - loose.gap) - TOL
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_the_lp_start_keeps_every_rule(p: Problem) -> None:
+    d = solver._Demands.of(p.workloads)
+    c = solver._prepare(p, d)
+    cols = solver._reduce(p, d, c)
+    if len(cols) == 0:
+        return
+    model = solver._build(p, d, c, cols)
+    x, _ = solver._lp_start(p, d, c, model, time_limit=30.0)
+    assert x is not None
+    replicas = np.zeros(p.n_columns, dtype=np.int64)
+    replicas[c.index[cols]] = np.rint(x).astype(np.int64)
+    assert violations(p, replicas) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([60.0, 127.0, 339.0, 700.0, 1167.0]), st.booleans()),
+        min_size=2,
+        max_size=4,
+        unique=True,
+    ),
+    st.sampled_from([500.0, 1300.0, 2500.0]),
+    st.sampled_from([0.25, 0.5, 0.75]),
+)
+def test_the_mix_cuts_keep_every_placement_that_reaches_the_target_within_the_spot_share(
+    columns: list[tuple[float, bool]], target: float, share: float
+) -> None:
+    tput = np.array([t for t, _ in columns])
+    spot = np.array([s for _, s in columns])
+    n = len(columns)
+    d = solver._Demands.of(
+        [
+            WorkloadDemand(
+                "w", replicas=None, min_throughput=target, gpus_per_replica=1, max_spot_share=share
+            )
+        ]
+    )
+    rows = solver._Rows()
+    z = n  # the placed variable follows the columns
+    solver._add_mix_cuts(
+        rows, d, np.zeros(n, dtype=np.int64), np.arange(n), tput, spot, np.array([z])
+    )
+    lower, _, start, index, value = rows.csr()
+    most = math.ceil(target / tput.min()) * 4  # shares may need extra on-demand replicas
+    for counts in itertools.product(range(min(most, 12) + 1), repeat=n):
+        x = np.array(counts, dtype=np.float64)
+        reached = float(x @ tput) >= target
+        within = float(x[spot].sum()) <= share * float(x.sum()) + 1e-9
+        if not (reached and within):
+            continue
+        values = np.append(x, 1.0)
+        for r in range(len(lower)):
+            at = slice(start[r], start[r + 1])
+            assert float(value[at] @ values[index[at]]) >= lower[r] - 1e-9, (counts, r)
