@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -81,11 +81,7 @@ def fleet_status(
         placed_all = _placements(conn)
         keys = {k for placed in placed_all.values() for k, _ in placed}
         keys |= {_on_demand_key(k) for k in keys}
-        prices: dict[str, tuple[float, bool]] = {}
-        for p in newest_prices(conn, keys=sorted(keys)):
-            fresh = not stale(p.source, p.last_seen)
-            if p.key not in prices or (fresh and prices[p.key][1] is False):
-                prices[p.key] = (p.usd_per_hour, not fresh)
+        prices = freshest_prices(newest_prices(conn, keys=sorted(keys)), stale)
         types = instance_shapes(conn)
         carbon = _carbon_by_zone(conn, stale)
         gpus_per_replica = _gpus_per_replica(conn)
@@ -168,6 +164,21 @@ def fleet_status(
         "sources": source_rows,
         "migrations_in_flight": dict(sorted(in_flight.items())),
     }
+
+
+def freshest_prices(
+    levels: Iterable[NewestPrice], stale: Callable[[str, datetime], bool]
+) -> dict[str, tuple[float, bool]]:
+    """Offer key → ($/h, stale) of the price to use for each offer, chosen among its
+    sources as :func:`arbiter.snapshots.build_snapshot` chooses: fresh before stale,
+    then the one last seen newest (the first in ``levels`` on ties)."""
+    chosen: dict[str, tuple[bool, datetime, float]] = {}
+    for p in levels:
+        is_stale = stale(p.source, p.last_seen)
+        current = chosen.get(p.key)
+        if current is None or (current[0], p.last_seen) > (is_stale, current[1]):
+            chosen[p.key] = (is_stale, p.last_seen, p.usd_per_hour)
+    return {key: (usd, is_stale) for key, (is_stale, _seen, usd) in chosen.items()}
 
 
 # ----------------------------------------------------------------- the store's tables

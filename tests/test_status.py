@@ -112,6 +112,48 @@ def test_stale_prices_leave_replicas_unpriced_rather_than_priced_wrong(store: St
     assert s["sources"][0]["stale"]
 
 
+def test_a_fresh_source_prices_an_offer_whose_first_source_is_stale(store: Store) -> None:
+    """Two sources price the same offers; the first in the store's order ("aws") last
+    saw them long ago, the second ("replay") just now: the replicas are priced with
+    the fresh prices, as the planner's snapshot prices them, not left unpriced."""
+    fill(store)
+    sources = {**SOURCES, "replay": SourceConfig(kind="replay", stale_after=600)}
+    later = NOW + timedelta(hours=2)  # aws' prices are stale by now
+    store.prices.record(
+        [
+            PriceQuote(offer=SPOT, usd_per_hour=36, observed_at=later, source="replay"),
+            PriceQuote(offer=OD, usd_per_hour=96, observed_at=later, source="replay"),
+        ]
+    )
+    s = fleet_status(store, mode="observe", sources=sources, catalog=load_catalog(), now=later)
+    # two replicas per 8-GPU instance: spot 2 × $18, on-demand 1 × $48; baseline 3 × $48
+    assert s["unpriced_replicas"] == 0
+    assert s["usd_per_hour"] == 84 and s["baseline_on_demand_usd_per_hour"] == 144
+
+
+def test_of_two_fresh_sources_the_price_seen_last_counts(store: Store) -> None:
+    fill(store)
+    sources = {**SOURCES, "replay": SourceConfig(kind="replay", stale_after=600)}
+    soon = NOW + timedelta(minutes=5)  # both fresh; replay's newer than aws'
+    store.prices.record(
+        [
+            PriceQuote(offer=SPOT, usd_per_hour=36, observed_at=soon, source="replay"),
+            PriceQuote(offer=OD, usd_per_hour=96, observed_at=soon, source="replay"),
+        ]
+    )
+    s = fleet_status(store, mode="observe", sources=sources, catalog=load_catalog(), now=soon)
+    assert s["unpriced_replicas"] == 0 and s["usd_per_hour"] == 84
+    later = soon + timedelta(minutes=1)  # aws sees its prices again, after replay
+    store.prices.record(
+        [
+            PriceQuote(offer=SPOT, usd_per_hour=40, observed_at=later, source="aws"),
+            PriceQuote(offer=OD, usd_per_hour=100, observed_at=later, source="aws"),
+        ]
+    )
+    s = fleet_status(store, mode="observe", sources=sources, catalog=load_catalog(), now=later)
+    assert s["usd_per_hour"] == 90
+
+
 # ------------------------------------------- read from the tables, as the repositories
 
 
@@ -124,7 +166,7 @@ def summary_from_repositories(
     from collections import Counter
 
     from arbiter.domain.accelerators import DEFAULT_POWER_KW, POWER_KW, PUE
-    from arbiter.snapshots import choose_carbon, stale_checker
+    from arbiter.snapshots import build_snapshot, choose_carbon, stale_checker
 
     def on_demand_key(offer_key: str) -> str:
         provider, region, _zone, itype, _market = offer_key.split(":")
@@ -135,11 +177,11 @@ def summary_from_repositories(
     placed_all = store.workloads.all_placements()
     keys = {k for placed in placed_all.values() for k, _ in placed}
     keys |= {on_demand_key(k) for k in keys}
-    prices: dict[str, tuple[float, bool]] = {}
-    for p in store.prices.latest(keys=sorted(keys)):
-        fresh = not stale(p.source, p.last_seen)
-        if p.offer.key not in prices or (fresh and prices[p.offer.key][1] is False):
-            prices[p.offer.key] = (p.usd_per_hour, not fresh)
+    # each offer's price as the planner's snapshot chooses it among sources
+    snapshot = build_snapshot(store, {name: c.stale_after for name, c in sources.items()}, now)
+    prices = {
+        o.offer.key: (o.usd_per_hour, o.stale) for o in snapshot.offers if o.offer.key in keys
+    }
     types = {(t.provider.value, t.name): t for t in store.instance_types.all()}
     carbon = choose_carbon(store, stale)
     workloads = {w.name: w for w in store.workloads.all()}
