@@ -317,9 +317,11 @@ def placements_from_store(
 
 
 def last_migrations(migrations: Sequence[Migration]) -> dict[str, Migration]:
-    """Each workload's most recently started migration (for cooldown and waves)."""
+    """Each workload's last started migration (for cooldown and waves), from
+    ``migrations`` listed the last started first, as ``MigrationRepository.recent``
+    lists them. Not the newest ``created_at``: after the clock stepped back, the last
+    migration started carries an earlier time than the one before it."""
     out: dict[str, Migration] = {}
     for m in migrations:
-        if m.workload not in out or m.created_at > out[m.workload].created_at:
-            out[m.workload] = m
+        out.setdefault(m.workload, m)
     return out

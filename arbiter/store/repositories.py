@@ -570,23 +570,22 @@ class MigrationRepository:
         return None if row is None else self._from_row(row)
 
     def recent(self, *, limit: int = 50) -> list[Migration]:
-        """Newest first, finished or not."""
+        """The last started first, finished or not (by insertion order, not by
+        ``created_at``, which goes back when the clock steps back)."""
         with translate_errors("reading migrations"), self._engine.connect() as conn:
             rows = conn.execute(
-                select(t.migrations)
-                .order_by(t.migrations.c.created_at.desc(), t.migrations.c.id.desc())
-                .limit(limit)
+                select(t.migrations).order_by(t.migrations.c.seq.desc()).limit(limit)
             )
             return [self._from_row(row) for row in rows]
 
     def unfinished(self) -> list[Migration]:
-        """Every migration not yet done, rolled back or failed, oldest first."""
+        """Every migration not yet done, rolled back or failed, the first started first."""
         finished = [s.value for s in MigrationState if s.finished]
         with translate_errors("reading migrations"), self._engine.connect() as conn:
             rows = conn.execute(
                 select(t.migrations)
                 .where(t.migrations.c.state.not_in(finished))
-                .order_by(t.migrations.c.created_at, t.migrations.c.id)
+                .order_by(t.migrations.c.seq)
             )
             return [self._from_row(row) for row in rows]
 

@@ -40,7 +40,7 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 """The Alembic head these tables correspond to (a test keeps it equal to the newest
 migration). Read-only commands compare it with ``alembic_version`` without loading
 Alembic, which keeps them fast to start."""
@@ -214,7 +214,10 @@ placements = Table(
 migrations = Table(
     "migrations",
     metadata,
-    Column("id", String(64), primary_key=True),
+    # Insertion order: the last migration is the last one started, whatever the clock
+    # read (created_at goes back when the clock steps back).
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
     Column("workload", String(63), nullable=False),
     Column("state", String(16), nullable=False),
     Column("reason", Text, nullable=False),
@@ -224,7 +227,7 @@ migrations = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Index(None, "state"),
-    Index(None, "workload", "created_at"),
+    Index(None, "workload", "seq"),
 )
 
 migration_events = Table(

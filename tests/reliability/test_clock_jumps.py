@@ -201,6 +201,41 @@ def test_a_forward_jump_ends_a_cooldown_but_nothing_moves_until_fresh_prices_arr
     assert_steps_once_in_order(world.events(world.migrations()[-1]))
 
 
+def test_a_backward_jump_between_two_waves_keeps_the_cooldown_after_the_last_wave(
+    store: Store, tmp_path: Path
+) -> None:
+    """The last migration is the last one started, whatever the clock read: the final
+    wave, started after the clock stepped back, carries an earlier time than the wave
+    before it. Taking that earlier wave for the last would make the move look still in
+    waves, and the next move would skip its cooldown."""
+    in_two_waves = policy(cooldown="1h").replace(
+        "max_disrupted_replicas_pct: 100", "max_disrupted_replicas_pct: 50"
+    )
+    world = World(store, tmp_path, policies=in_two_waves)
+    placed_on_west4(world)
+    world.clock.advance(2 * HOURS)  # past the placement's cooldown
+    first = start_move(world, S.DONE)
+    assert "(wave 1 of 2" in first.reason
+    started = {m.id for m in world.migrations()}
+    world.clock.advance(-MINUTES)
+    world.prices({WEST4: 1.0, WEST1: 0.5})
+    world.tick(4)
+    (last,) = [m for m in world.migrations() if m.id not in started]
+    assert last.state is S.DONE and last.created_at < first.created_at
+    assert world.placements() == [(WEST1.key, 2)]
+    assessed = world.reconciler.assess(world.clock.now())
+    assert assessed is not None
+    chat = assessed.current["chat"]
+    assert (chat.last_migration_at, chat.mid_waves) == (last.created_at, False)
+    # Prices are quoted past the times recorded before the jump: this test is about the
+    # last migration, not about quotes that go back in time.
+    world.clock.advance(MINUTES)
+    world.prices({WEST4: 0.25, WEST1: 0.5})  # moving back saves 50 %, 11 min into the cooldown
+    world.tick(8)
+    assert len(world.migrations()) == len(started) + 1, "moved back within the cooldown"
+    assert world.placements() == [(WEST1.key, 2)]
+
+
 def test_decisions_are_recorded_only_on_change_across_a_backward_jump(
     store: Store, tmp_path: Path
 ) -> None:

@@ -265,6 +265,24 @@ def test_unfinished_lists_only_migrations_in_flight(store: Store) -> None:
     assert [x.id for x in store.migrations.unfinished()] == ["m-1"]
 
 
+def test_migrations_are_listed_in_the_order_started_even_when_the_clock_stepped_back(
+    store: Store,
+) -> None:
+    first = migration()
+    stepped_back = first.model_copy(
+        update={
+            "id": "m-0",
+            "created_at": T0 - timedelta(minutes=10),
+            "updated_at": T0 - timedelta(minutes=10),
+        }
+    )
+    store.migrations.create(first)
+    store.migrations.create(stepped_back)
+    assert [m.id for m in store.migrations.recent()] == ["m-0", "m-1"], "last started first"
+    assert [m.id for m in store.migrations.recent(limit=1)] == ["m-0"]
+    assert [m.id for m in store.migrations.unfinished()] == ["m-1", "m-0"], "first started first"
+
+
 def test_decisions_round_trip_with_their_explanation(store: Store) -> None:
     decision = Decision(
         id="d-1",

@@ -11,6 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from arbiter.domain.decisions import Decision
+from arbiter.domain.market import Offer
+from arbiter.domain.migrations import Migration, MigrationState
+from arbiter.domain.workloads import Placement
+from arbiter.migrator import last_migrations
 from arbiter.store import db
 from arbiter.store.repositories import Store
 from arbiter.store.schema import UtcDateTime, metadata
@@ -77,6 +81,7 @@ def test_the_schema_revision_constant_is_the_newest_migration() -> None:
 # -- upgrading a store that holds data -------------------------------------------------
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+L4 = Offer(provider="gcp", region="europe-west4", instance_type="g2-standard-4", market="spot")
 
 
 def _decision(id: str, workload: str, at: datetime) -> Decision:
@@ -159,6 +164,125 @@ def test_downgrading_to_0003_keeps_the_decisions(empty_store_url: str) -> None:
             rows = conn.execute(sa.text("SELECT id FROM decisions ORDER BY id")).scalars().all()
             assert rows == ["d-a", "d-b"]
             assert db.current_revision(conn) == "0003"
+    finally:
+        engine.dispose()
+    db.upgrade(empty_store_url)
+
+
+def _migration(id: str, workload: str, at: datetime, state: MigrationState) -> Migration:
+    return Migration(
+        id=id,
+        workload=workload,
+        source=(),
+        target=(Placement(workload=workload, offer=L4, replicas=1),),
+        state=state,
+        reason=f"{id}: new workload: place it",
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def _insert_as_of_0004(url: str, migrations: list[Migration]) -> None:
+    """Migrations, each with its first event, written the way revision 0004's tables take
+    them (no insertion order)."""
+    engine = db.make_engine(url)
+    table = sa.table(
+        "migrations",
+        *(sa.column(c) for c in ("id", "workload", "state", "reason", "urgent")),
+        sa.column("source_placements", sa.JSON),
+        sa.column("target_placements", sa.JSON),
+        sa.column("created_at", UtcDateTime),
+        sa.column("updated_at", UtcDateTime),
+    )
+    events = sa.table(
+        "migration_events",
+        *(sa.column(c) for c in ("migration_id", "from_state", "to_state", "reason", "actor")),
+        sa.column("at", UtcDateTime),
+    )
+    try:
+        with engine.begin() as conn:
+            for m in migrations:
+                conn.execute(
+                    sa.insert(table).values(
+                        id=m.id,
+                        workload=m.workload,
+                        state=m.state.value,
+                        reason=m.reason,
+                        urgent=m.urgent,
+                        source_placements=[p.model_dump(mode="json") for p in m.source],
+                        target_placements=[p.model_dump(mode="json") for p in m.target],
+                        created_at=m.created_at,
+                        updated_at=m.updated_at,
+                    )
+                )
+                conn.execute(
+                    sa.insert(events).values(
+                        migration_id=m.id,
+                        at=m.created_at,
+                        from_state=None,
+                        to_state=m.state.value,
+                        reason=m.reason,
+                        actor="d1",
+                    )
+                )
+    finally:
+        engine.dispose()
+
+
+def _old_migrations() -> list[Migration]:
+    done, planned = MigrationState.DONE, MigrationState.PLANNED
+    return [
+        _migration("m-b", "chat", T0 + timedelta(hours=1), done),
+        _migration("m-a", "chat", T0, done),
+        _migration("m-c", "batch", T0, planned),
+        _migration("m-d", "batch", T0, planned),
+    ]
+
+
+def test_upgrading_a_store_with_migrations_keeps_their_order_and_events_and_orders_new_ones_after(
+    empty_store_url: str,
+) -> None:
+    """0005 numbers the existing migrations in the order 0004 read them (created_at,
+    then id), so the last migration of each workload is the same row before and after
+    the upgrade; one started afterwards is the last even if the clock had stepped back."""
+    db.upgrade(empty_store_url, "0004")
+    old = _old_migrations()
+    _insert_as_of_0004(empty_store_url, old)
+    db.upgrade(empty_store_url)
+    engine = db.make_engine(empty_store_url)
+    try:
+        store = Store(engine)
+        assert [m.id for m in store.migrations.recent()] == ["m-b", "m-d", "m-c", "m-a"]
+        assert [m.id for m in store.migrations.unfinished()] == ["m-c", "m-d"]
+        assert last_migrations(store.migrations.recent()) == {"chat": old[0], "batch": old[3]}
+        assert [e.reason for e in store.migrations.events("m-a")] == [old[1].reason]
+        stepped_back = _migration("m-e", "chat", T0 - timedelta(minutes=10), MigrationState.PLANNED)
+        store.migrations.create(stepped_back)
+        assert store.migrations.recent(limit=1) == [stepped_back]
+        assert [m.id for m in store.migrations.unfinished()] == ["m-c", "m-d", "m-e"]
+        store.migrations.advance(
+            stepped_back, MigrationState.ROLLED_BACK, at=T0, reason="cancelled"
+        )
+        assert len(store.migrations.events("m-e")) == 2
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_to_0004_keeps_the_migrations_and_their_events(empty_store_url: str) -> None:
+    db.upgrade(empty_store_url, "0004")
+    _insert_as_of_0004(empty_store_url, _old_migrations())
+    db.upgrade(empty_store_url)
+    db.downgrade(empty_store_url, "0004")
+    engine = db.make_engine(empty_store_url)
+    try:
+        with engine.connect() as conn:
+            ids = conn.execute(sa.text("SELECT id FROM migrations ORDER BY id")).scalars().all()
+            assert ids == ["m-a", "m-b", "m-c", "m-d"]
+            events = conn.execute(
+                sa.text("SELECT migration_id FROM migration_events ORDER BY migration_id")
+            )
+            assert events.scalars().all() == ["m-a", "m-b", "m-c", "m-d"]
+            assert db.current_revision(conn) == "0004"
     finally:
         engine.dispose()
     db.upgrade(empty_store_url)
