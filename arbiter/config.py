@@ -469,7 +469,7 @@ def mask_secrets(data: Any) -> Any:
 def secret_values(data: Any) -> set[str]:
     """The values :func:`mask_secrets` would hide: under secret-looking keys (at any
     depth) and passwords inside URLs — what must never appear in a message either."""
-    from sqlalchemy.engine import make_url
+    from arbiter.store.db import parse_url
 
     found: set[str] = set()
     if isinstance(data, Mapping):
@@ -483,10 +483,9 @@ def secret_values(data: Any) -> set[str]:
         for v in data:
             found |= secret_values(v)
     elif isinstance(data, str) and "://" in data:
-        with contextlib.suppress(Exception):
-            password = make_url(data).password
-            if password:
-                found.add(str(password))
+        parsed = parse_url(data)
+        if parsed is not None and parsed.password:
+            found.add(parsed.password)
     return {v for v in found if len(v) >= 6}  # shorter ones would mask ordinary words
 
 

@@ -2,22 +2,40 @@
 
 PostgreSQL (≥ 14) is the production store; a SQLite file is the embedded default.
 The same Alembic migrations (top-level ``migrations/``) run on both.
+
+Importing this module does not import SQLAlchemy: the functions that use it import it
+when called. The read-only views (:mod:`arbiter.store.reads`) use only what is light
+here — the default database, :func:`parse_url`, :data:`SCHEMA_REVISION` — and must
+start fast (issue 6).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import parse_qsl, unquote
 
 from arbiter.errors import StoreError
 
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.exc import DBAPIError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+SCHEMA_REVISION = "0005"
+"""The Alembic head the tables of :mod:`arbiter.store.schema` correspond to (a test
+keeps it equal to the newest migration). Read-only commands compare it with
+``alembic_version`` without loading Alembic or SQLAlchemy, which keeps them fast to
+start."""
+
+POSTGRESQL_READ_TRANSACTION = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off"
+)
+"""How a read-only view's transaction starts on PostgreSQL (see :func:`read_session`)."""
 
 
 def default_sqlite_path() -> Path:
@@ -37,8 +55,84 @@ def default_database_url() -> str:
     return f"sqlite:///{default_sqlite_path()}"
 
 
+class DatabaseUrl(NamedTuple):
+    """A URL's parts, as SQLAlchemy's ``make_url`` reads them (username, password and
+    database percent-decoded; the query as a dict, a repeated key as a list)."""
+
+    drivername: str
+    username: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    database: str | None
+    query: dict[str, str | list[str]]
+
+
+_URL = re.compile(
+    r"""
+        (?P<name>[\w\+]+)://
+        (?:
+            (?P<username>[^:/]*)
+            (?::(?P<password>[^@]*))?
+        @)?
+        (?:
+            (?:
+                \[(?P<ipv6host>[^/\?]+)\] |
+                (?P<ipv4host>[^/:\?]+)
+            )?
+            (?::(?P<port>[^/\?]*))?
+        )?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+    """,
+    re.X,
+)
+"""SQLAlchemy's own pattern (``sqlalchemy.engine.url._parse_url``); a test checks that
+:func:`parse_url` reads every URL as ``make_url`` does."""
+
+
+def parse_url(url: str) -> DatabaseUrl | None:
+    """The parts of a database (or any ``scheme://user:password@host``) URL, read as
+    SQLAlchemy's ``make_url`` reads them but without importing SQLAlchemy; None where
+    ``make_url`` would refuse it."""
+    m = _URL.match(url)
+    if m is None:
+        return None
+    parts = m.groupdict()
+    query: dict[str, str | list[str]] = {}
+    for key, value in parse_qsl(parts["query"] or ""):
+        known = query.get(key)
+        if known is None:
+            query[key] = value
+        elif isinstance(known, list):
+            known.append(value)
+        else:
+            query[key] = [known, value]
+    port = parts["port"]
+    try:
+        number = None if port is None else int(port)  # "host:" too is refused
+    except ValueError:
+        return None
+    username, password, database = (
+        None if parts[k] is None else unquote(parts[k])
+        for k in ("username", "password", "database")
+    )
+    return DatabaseUrl(
+        parts["name"],
+        username,
+        password,
+        parts["ipv4host"] or parts["ipv6host"],
+        number,
+        database,
+        query,
+    )
+
+
 def display_url(url: str) -> str:
     """The URL with its password masked, safe to print and log."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -47,6 +141,9 @@ def display_url(url: str) -> str:
 
 def normalise_url(url: str) -> str:
     """Use psycopg 3 for ``postgresql://`` URLs (SQLAlchemy would default to psycopg2)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -74,6 +171,9 @@ def make_engine(url: str, *, echo: bool = False, read_only: bool = False) -> Eng
     ``read_only`` opens SQLite read-only and PostgreSQL sessions with
     ``default_transaction_read_only``, so nothing the caller does can write.
     """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+
     url = normalise_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -105,6 +205,8 @@ def make_engine(url: str, *, echo: bool = False, read_only: bool = False) -> Eng
 @contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Turn SQLAlchemy errors into StoreError, keeping the cause and masking secrets."""
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
     try:
         yield
     except StoreError:
@@ -113,7 +215,7 @@ def translate_errors(action: str) -> Iterator[None]:
         from arbiter.logs import mask_secrets_in_text
 
         detail = mask_secrets_in_text(str(exc.orig).strip().splitlines()[0] if exc.orig else "")
-        if _out_of_space(exc.orig):
+        if out_of_space(exc.orig):
             raise StoreError(f"{action}: the database is out of disk space: {detail}") from exc
         raise StoreError(f"{action}: database unreachable or refused: {detail}") from exc
     except SQLAlchemyError as exc:
@@ -140,12 +242,7 @@ def read_session(engine: Engine, action: str) -> Iterator[Connection]:
         if sqlite:
             connection.exec_driver_sql("PRAGMA query_only = ON")
         try:
-            connection.exec_driver_sql(
-                "BEGIN"
-                if sqlite
-                else "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
-                " SET LOCAL jit = off"
-            )
+            connection.exec_driver_sql("BEGIN" if sqlite else POSTGRESQL_READ_TRANSACTION)
             yield connection
         finally:
             try:
@@ -162,12 +259,16 @@ def read_session(engine: Engine, action: str) -> Iterator[Connection]:
 
 def _no_such_table(error: DBAPIError) -> bool:
     """PostgreSQL's undefined_table (SQLSTATE 42P01) or SQLite's "no such table"."""
-    return getattr(error.orig, "sqlstate", None) == "42P01" or (
-        str(error.orig).startswith("no such table")
-    )
+    return no_such_table(error.orig)
 
 
-def _out_of_space(error: BaseException | None) -> bool:
+def no_such_table(error: BaseException | None) -> bool:
+    """Whether a driver's error is PostgreSQL's undefined_table (SQLSTATE 42P01) or
+    SQLite's "no such table"."""
+    return getattr(error, "sqlstate", None) == "42P01" or str(error).startswith("no such table")
+
+
+def out_of_space(error: BaseException | None) -> bool:
     """SQLite's SQLITE_FULL (13) or PostgreSQL's disk_full (SQLSTATE 53100)."""
     return getattr(error, "sqlite_errorcode", None) == 13 or (
         getattr(error, "sqlstate", None) == "53100"
@@ -175,6 +276,8 @@ def _out_of_space(error: BaseException | None) -> bool:
 
 
 def _sqlite_file(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(normalise_url(url))
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
@@ -238,7 +341,8 @@ def check_current(engine: Engine) -> None:
     reflection: read-only commands must start fast); a database without that table has
     no schema yet.
     """
-    from arbiter.store.schema import SCHEMA_REVISION
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     with translate_errors("checking schema revision"), engine.connect() as connection:
         try:
@@ -247,14 +351,21 @@ def check_current(engine: Engine) -> None:
             if not _no_such_table(exc):
                 raise
             current = None
-    head = SCHEMA_REVISION
-    if current != head:
+    require_current(current)
+
+
+def require_current(revision: str | None) -> None:
+    """Raise StoreError unless ``revision`` (read from ``alembic_version``; None when the
+    database has no such table) is :data:`SCHEMA_REVISION`."""
+    if revision != SCHEMA_REVISION:
         raise StoreError(
-            f"database schema is at {current or 'nothing (empty database)'}, "
-            f"this arbiter needs {head}: run `arbiter db upgrade`"
+            f"database schema is at {revision or 'nothing (empty database)'}, "
+            f"this arbiter needs {SCHEMA_REVISION}: run `arbiter db upgrade`"
         )
 
 
 def ping(engine: Engine) -> None:
+    from sqlalchemy import text
+
     with translate_errors("ping"), engine.connect() as connection:
         connection.execute(text("SELECT 1"))

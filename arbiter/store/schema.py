@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
+from arbiter.store import db
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -40,10 +42,9 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-SCHEMA_REVISION = "0005"
-"""The Alembic head these tables correspond to (a test keeps it equal to the newest
-migration). Read-only commands compare it with ``alembic_version`` without loading
-Alembic, which keeps them fast to start."""
+# The Alembic head these tables correspond to: bump it in arbiter/store/db.py (which
+# read-only commands import without SQLAlchemy) with every migration.
+SCHEMA_REVISION = db.SCHEMA_REVISION
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -137,3 +137,84 @@ def test_a_current_database_passes_the_check(store_url: str, engine: Engine) -> 
         check_current(reader)
     finally:
         reader.dispose()
+
+
+# ------------------------------------------------------------ URLs without SQLAlchemy
+
+URLS = [
+    "sqlite://",
+    "sqlite:///relative/arbiter.db",
+    "sqlite:////var/lib/arbiter/arbiter.db",
+    "sqlite:///~/arbiter.db",
+    "sqlite:///file:/tmp/x.db?mode=ro&uri=true",
+    "sqlite+pysqlite:///x.db?timeout=10",
+    "postgresql://arbiter@127.0.0.1:5432/arbiter",
+    "postgresql+psycopg://arbiter:s3cr%40t%3Aw@db.example:5433/ar%2Fbiter?sslmode=require",
+    "postgres://u:p@[::1]:5432/db",
+    "postgresql://u:pass:word@host/db",
+    "postgresql://u:p@h1:5432,h2:5433/db",
+    "postgresql:///db?host=/var/run/postgresql",
+    "postgresql://u@/db?host=a&host=b&port=1&port=2",
+    "postgresql://u:@host/db?application_name=&options=-c%20x%3Dy",
+    "postgresql://u:p@host:notaport/db",
+    "postgresql://host:/db",
+    "https://user:token@api.example/path?q=1",
+    "not a url",
+    "://x",
+    "mysql+pymysql://root:pw@localhost/db",
+]
+
+
+def sqlalchemy_parts(url: str) -> tuple[object, ...] | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    query = {k: list(v) if isinstance(v, tuple) else v for k, v in u.query.items()}
+    return (u.drivername, u.username, u.password, u.host, u.port, u.database, query)
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_parse_url_reads_a_url_as_sqlalchemy_does(url: str) -> None:
+    from arbiter.store.db import parse_url
+
+    parsed = parse_url(url)
+    assert (None if parsed is None else tuple(parsed)) == sqlalchemy_parts(url)
+
+
+def test_parse_url_reads_any_url_as_sqlalchemy_does() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from arbiter.store.db import parse_url
+
+    piece = st.text(alphabet="aZ09:/@?&=%+.-_[],~ ", max_size=12)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(["postgresql", "sqlite", "postgresql+psycopg", "x"]), piece, piece)
+    def check(scheme: str, middle: str, tail: str) -> None:
+        url = f"{scheme}://{middle}{tail}"
+        parsed = parse_url(url)
+        assert (None if parsed is None else tuple(parsed)) == sqlalchemy_parts(url)
+
+    check()
+
+
+def test_the_store_connection_module_imports_no_sqlalchemy() -> None:
+    """The read-only views use its default database, URL parsing and schema revision."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from arbiter.store import db\n"
+        "db.parse_url('postgresql://u:p@h/d'); db.default_database_url()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
