@@ -21,7 +21,7 @@ import contextlib
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -142,7 +142,20 @@ class HttpConfig(_Section):
     enabled: bool = True
 
 
-class SourceConfig(_Section):
+class _BuiltAfterLoading(_Section):
+    """A ``[SECTION.NAME]`` whose ``options`` are checked only when its thing is built,
+    after the config was loaded: it keeps where its settings were made, for those errors."""
+
+    _origin: Callable[[str], str] | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> Callable[[str], str] | None:
+        """``Settings.origin_of`` of the settings it was loaded with: a dotted key's
+        ``FILE:LINE`` or variable. None for settings made in code."""
+        return self._origin
+
+
+class SourceConfig(_BuiltAfterLoading):
     """One market-data source: ``[sources.NAME]``. ``options`` are the adapter's own."""
 
     kind: str
@@ -188,7 +201,7 @@ class ExecutorConfig(_Section):
         return value
 
 
-class InterruptionSourceConfig(_Section):
+class InterruptionSourceConfig(_BuiltAfterLoading):
     """One interruption notice source: ``[interruptions.NAME]``. ``options`` are the
     source's own (see docs/interruptions.md)."""
 
@@ -360,6 +373,8 @@ def load_config(
 
     register_secrets(configured_secrets(settings))
     settings._file, settings._origins = file, dict(origins)
+    for built_later in (*settings.sources.values(), *settings.interruptions.values()):
+        built_later._origin = settings.origin_of
     return LoadedConfig(settings, file=file, origins=origins)
 
 

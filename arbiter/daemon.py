@@ -375,7 +375,7 @@ class Daemon:
                     self.reconcile()
 
         for name, conf in configs.items():
-            source = build_interruption_source(conf.kind, name, conf.options)
+            source = build_interruption_source(conf.kind, name, conf.options, origin=conf.origin)
             self._scheduler.add_job(
                 poll,
                 "interval",

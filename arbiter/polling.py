@@ -204,6 +204,8 @@ def build_sources(configs: Mapping[str, SourceConfig]) -> dict[str, ConfiguredSo
     for name, config in configs.items():
         if not config.enabled:
             continue
-        adapter = build_source(config.kind, name, config.options, timeout=config.timeout)
+        adapter = build_source(
+            config.kind, name, config.options, timeout=config.timeout, origin=config.origin
+        )
         built[name] = ConfiguredSource(name, config, adapter)
     return built

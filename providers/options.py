@@ -1,11 +1,13 @@
 """What every source's options share: a closed pydantic model whose errors name
 ``sources.NAME.options`` and the key (the base, :class:`ClosedOptions`, serves the
-interruption sources too), URL and secret validators, the timeout check."""
+interruption sources too), :func:`located` to turn those into the config file and line,
+URL and secret validators, the timeout check."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, Self
 from urllib.parse import urlsplit
 
@@ -61,6 +63,27 @@ class ClosedOptions(BaseModel):
                 message = f"unknown option; known: {', '.join(cls.model_fields)}"
             # ``from None``: the pydantic error would repeat the input, maybe a secret.
             raise ConfigError(message, source=where, key=key) from None
+
+
+@contextmanager
+def located(table: str, origin: Callable[[str], str] | None) -> Iterator[None]:
+    """Name where a setting was made in the ConfigErrors about ``table``
+    (``sources.NAME``, ``interruptions.NAME``) raised inside.
+
+    Options are checked when their source is built, after the config was loaded, so
+    those errors say ``sources.NAME.options: KEY: ...``. ``origin`` (``Settings.origin_of``)
+    turns the full key into the config file and line, or the variable, that set it:
+    ``/etc/arbiter/config.toml:12: sources.NAME.options.KEY: ...``. Errors about anything
+    else, and every error when there is no ``origin`` (settings made in code), pass
+    unchanged.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        if origin is None or not (exc.source == table or exc.source.startswith(f"{table}.")):
+            raise
+        key = f"{exc.source}.{exc.key}" if exc.key else exc.source
+        raise ConfigError(exc.message, source=origin(key), key=key) from exc
 
 
 class SourceOptions(ClosedOptions):

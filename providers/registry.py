@@ -38,5 +38,18 @@ def factory(kind: str) -> Callable[..., Any]:
     return getattr(module, attr)  # type: ignore[no-any-return]
 
 
-def build_source(kind: str, name: str, options: Mapping[str, Any], *, timeout: float) -> Any:
-    return factory(kind)(name, options, timeout=timeout)
+def build_source(
+    kind: str,
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    timeout: float,
+    origin: Callable[[str], str] | None = None,
+) -> Any:
+    """The source of ``kind`` named ``name``; ConfigError for bad options, naming the
+    config file and line (or the variable) that set the option when ``origin``
+    (``Settings.origin_of``) is given, else ``sources.NAME.options`` and the key."""
+    from providers.options import located
+
+    with located(f"sources.{name}", origin):
+        return factory(kind)(name, options, timeout=timeout)

@@ -145,6 +145,75 @@ def test_invalid_options_are_refused_naming_the_key(
     assert caught.value.key == key
 
 
+SQS_CONFIG = """\
+[policies]
+paths = []
+workloads = []
+
+[interruptions.sqs]
+kind = "aws-sqs"
+
+[interruptions.sqs.options]
+queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/spot"
+wait_seconds = 21
+"""
+
+
+def error_starting(config: str, tmp_path: Path, env: dict[str, str] | None = None) -> ConfigError:
+    """The ConfigError a daemon started on this config file stops with (the daemon
+    builds the interruption sources, after the config was loaded)."""
+    from arbiter.daemon import Daemon
+    from arbiter.store.db import make_engine
+
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    settings = load_config(path, env={"ARBITER_HTTP__ENABLED": "false", **(env or {})}).settings
+    url = f"sqlite:///{tmp_path / 'arbiter.db'}"
+    engine = make_engine(url)
+    daemon = Daemon(settings, engine, CATALOG, database_url=url)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            daemon.run(on_ready=daemon.stopping.set)
+    finally:
+        engine.dispose()
+    return caught.value
+
+
+def test_a_bad_option_names_the_config_file_and_the_line(tmp_path: Path) -> None:
+    error = error_starting(SQS_CONFIG, tmp_path)
+    assert (error.source, error.key) == (
+        f"{tmp_path / 'config.toml'}:10",
+        "interruptions.sqs.options.wait_seconds",
+    )
+    assert str(error).startswith(
+        f"{tmp_path / 'config.toml'}:10: interruptions.sqs.options.wait_seconds: "
+    )
+
+
+def test_an_option_set_by_a_variable_names_the_variable(tmp_path: Path) -> None:
+    config = SQS_CONFIG.replace("wait_seconds = 21\n", "")
+    error = error_starting(
+        config, tmp_path, env={"ARBITER_INTERRUPTIONS__SQS__OPTIONS__WAIT_SECONDS": "21"}
+    )
+    assert (error.source, error.key) == (
+        "environment ARBITER_INTERRUPTIONS__SQS__OPTIONS__WAIT_SECONDS",
+        "interruptions.sqs.options.wait_seconds",
+    )
+
+
+def test_a_kubeconfig_that_is_not_there_names_the_line_of_the_option(tmp_path: Path) -> None:
+    config = (
+        "[policies]\npaths = []\nworkloads = []\n\n"
+        '[interruptions.nodes]\nkind = "kubernetes-nodes"\n'
+        f'options = {{ kubeconfig = "{tmp_path / "nope"}" }}\n'
+    )
+    error = error_starting(config, tmp_path)
+    assert (error.source, error.key) == (
+        f"{tmp_path / 'config.toml'}:7",
+        "interruptions.nodes.options.kubeconfig",
+    )
+
+
 def test_the_queue_region_is_read_from_the_queue_url() -> None:
     assert queue_region("https://sqs.eu-west-1.amazonaws.com/123456789012/q") == "eu-west-1"
     assert queue_region("https://us-east-2.queue.amazonaws.com/123456789012/q") == "us-east-2"

@@ -24,7 +24,7 @@ the state lasts, with the deadline fixed when it was first seen (see
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from arbiter.domain.fleet import InterruptionNotice
 from arbiter.errors import BadPayload, ConfigError, unknown_name_message
-from providers.options import ClosedOptions
+from providers.options import ClosedOptions, located
 
 if TYPE_CHECKING:
     from arbiter.ports import InterruptionSource
@@ -49,9 +49,16 @@ raises ConfigError naming ``interruptions.NAME.options.KEY`` for a bad option.""
 
 
 def build_interruption_source(
-    kind: str, name: str, options: Mapping[str, Any]
+    kind: str,
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    origin: Callable[[str], str] | None = None,
 ) -> InterruptionSource:
-    """The source of ``kind`` named ``name``; ConfigError for an unknown kind or bad options."""
+    """The source of ``kind`` named ``name``; ConfigError for an unknown kind or bad
+    options, naming the config file and line (or the variable) that set the option when
+    ``origin`` (``Settings.origin_of``) is given, else ``interruptions.NAME.options`` and
+    the key."""
     target = INTERRUPTION_SOURCES.get(kind)
     if target is None:
         raise ConfigError(
@@ -60,7 +67,10 @@ def build_interruption_source(
             key="kind",
         )
     module, _, factory = target.partition(":")
-    source: InterruptionSource = getattr(importlib.import_module(module), factory)(name, options)
+    with located(f"interruptions.{name}", origin):
+        source: InterruptionSource = getattr(importlib.import_module(module), factory)(
+            name, options
+        )
     return source
 
 
