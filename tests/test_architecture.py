@@ -59,3 +59,24 @@ def test_the_cli_entry_point_does_not_load_heavy_modules_to_show_help() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_only_the_store_touches_the_tables() -> None:
+    """docs/architecture.md: the table definitions are imported by arbiter/store alone;
+    everything else reads through the repositories or arbiter.store.reads."""
+    tables = {"arbiter.store.schema"}
+    offenders = []
+    paths = [*(ROOT / "arbiter").rglob("*.py"), *(ROOT / "providers").rglob("*.py")]
+    for path in sorted(paths):
+        if (ROOT / "arbiter" / "store") in path.parents:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                named = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                named = {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(named & tables)]
+    assert offenders == []

@@ -385,6 +385,7 @@ def fill_busy(store: Store) -> None:
         )
 
 
+@pytest.mark.parametrize("read_from", ["url", "engine"])
 @pytest.mark.parametrize(
     ("later", "aws_stale_after"),
     [
@@ -395,13 +396,19 @@ def fill_busy(store: Store) -> None:
     ],
 )
 def test_the_summary_read_from_the_tables_is_the_one_the_repositories_give(
-    store: Store, later: timedelta, aws_stale_after: float
+    store: Store, store_url: str, later: timedelta, aws_stale_after: float, read_from: str
 ) -> None:
+    """Read through the database driver (given the URL, as ``arbiter status``) or on
+    the engine's pool (as the daemon's /metrics), against the oracle."""
     fill_busy(store)
     now = NOW + later
     sources = {**BUSY_SOURCES, "aws": SourceConfig(kind="aws", stale_after=aws_stale_after)}
     read = fleet_status(
-        store.engine, mode="observe", sources=sources, catalog=load_catalog(), now=now
+        store_url if read_from == "url" else store.engine,
+        mode="observe",
+        sources=sources,
+        catalog=load_catalog(),
+        now=now,
     )
     assert read == summary_from_repositories(store, mode="observe", sources=sources, now=now)
     if not later:  # the fixture exercises what it means to
@@ -409,12 +416,15 @@ def test_the_summary_read_from_the_tables_is_the_one_the_repositories_give(
         assert read["carbon_g_per_hour"] and read["migrations_in_flight"] == {"planned": 2}
 
 
-def test_the_summary_takes_a_store_or_its_engine(store: Store) -> None:
+def test_the_summary_takes_a_store_its_engine_or_its_url(store: Store, store_url: str) -> None:
     fill(store)
     catalog = load_catalog()
-    assert fleet_status(
-        store, mode="observe", sources=SOURCES, catalog=catalog, now=NOW
-    ) == fleet_status(store.engine, mode="observe", sources=SOURCES, catalog=catalog, now=NOW)
+    read = [
+        fleet_status(where, mode="observe", sources=SOURCES, catalog=catalog, now=NOW)
+        for where in (store, store.engine, store_url)
+    ]
+    assert read[0] == read[1] == read[2]
+    assert read[0]["usd_per_hour"] == 90
 
 
 def test_the_constants_read_with_the_tables_are_the_domains() -> None:
@@ -437,8 +447,7 @@ def test_the_newest_prices_are_read_through_the_history_index(store: Store) -> N
     indexes)."""
     from sqlalchemy import event
 
-    from arbiter.status import newest_prices
-    from arbiter.store.db import read_session
+    from arbiter.store import reads
 
     fill_busy(store)
     statements: list[tuple[str, object]] = []
@@ -448,8 +457,8 @@ def test_the_newest_prices_are_read_through_the_history_index(store: Store) -> N
 
     event.listen(store.engine, "before_cursor_execute", capture)
     try:
-        with read_session(store.engine, "test") as conn:
-            rows = newest_prices(conn, keys=[SPOT.key, OD.key])
+        with reads.view(store.engine, "test") as r:
+            rows = reads.newest_prices(r, keys=[SPOT.key, OD.key])
     finally:
         event.remove(store.engine, "before_cursor_execute", capture)
     assert sorted((p.key, p.source, p.usd_per_hour) for p in rows) == [
@@ -471,42 +480,3 @@ def test_the_newest_prices_are_read_through_the_history_index(store: Store) -> N
             plan = "\n".join(str(row[0]) for row in cursor.fetchall())
             assert "Seq Scan" not in plan
             assert "ix_price_history_offer_id_source_first_seen" in plan
-
-
-@pytest.mark.parametrize(
-    "query",
-    [
-        {},
-        {"provider": "aws"},
-        {"provider": "gcp"},
-        {"keys": [SPOT.key, OD.key, "aws:x:-:y:spot"]},
-        {"keys": [SPOT.key], "provider": "gcp"},
-    ],
-)
-def test_the_newest_prices_are_the_ones_the_repository_gives(
-    store: Store, query: dict[str, object]
-) -> None:
-    from arbiter.status import newest_prices
-    from arbiter.store.db import read_session
-
-    fill_busy(store)
-    with read_session(store.engine, "test") as conn:
-        read = newest_prices(conn, **query)  # type: ignore[arg-type]
-    if "keys" in query:  # by offer, not by key: compare each offer's sources in order
-        read.sort(key=lambda p: p.key)
-    assert [tuple(p) for p in read] == [
-        (
-            p.offer.key,
-            p.offer.provider.value,
-            p.offer.region,
-            p.offer.zone,
-            p.offer.instance_type,
-            p.offer.market.value,
-            p.source,
-            p.usd_per_hour,
-            p.first_seen,
-            p.last_seen,
-        )
-        for p in store.prices.latest(**query)  # type: ignore[arg-type]
-    ]
-    assert read or query.get("provider") == "gcp"

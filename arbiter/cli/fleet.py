@@ -24,8 +24,9 @@ def status(obj: Any, output: str) -> None:
     obj.skip_garbage_collection()
     from arbiter.status import fleet_status
 
+    # the URL, not an engine: the summary reads on the database driver itself (issue 6)
     summary = fleet_status(
-        obj.open_engine(),
+        obj.database_url(),
         mode=obj.settings.daemon.mode.value,
         sources=obj.source_configs(),
         catalog=obj.catalog(),

@@ -33,15 +33,17 @@ class Context:
         self.database_url_flag = database_url
         self.executable = executable
         self._loaded: Any = None
+        self._settings: Any = None
 
     def skip_garbage_collection(self) -> None:
         """For a read-only view, which answers and exits: switch Python's cyclic garbage
         collector off for the rest of the process, when the process is ours.
 
-        Starting up allocates a few hundred thousand objects that live until exit
-        (SQLAlchemy, pydantic, the configuration models), and the collector walked
-        them again and again while they were made, to free next to nothing: about
-        50 ms of ``arbiter status``, a tenth of it. Exiting frees everything anyway.
+        Starting up allocates a great many objects that live until exit (pydantic,
+        the configuration models, the region catalog; SQLAlchemy for the other
+        views), and the collector walked them again and again while they were made,
+        to free next to nothing: about 50 ms of ``arbiter status`` when it still
+        imported SQLAlchemy. Exiting frees everything anyway.
         """
         if self.executable:
             gc.disable()
@@ -57,9 +59,11 @@ class Context:
     @property
     def settings(self) -> Any:
         """The configured settings, with the embedded default filled in."""
-        from arbiter.config import effective_settings
+        if self._settings is None:
+            from arbiter.config import effective_settings
 
-        return effective_settings(self.config.settings)
+            self._settings = effective_settings(self.config.settings)
+        return self._settings
 
     def database_url(self) -> str:
         """--database-url, then ARBITER_DATABASE_URL / config file, then the embedded default."""

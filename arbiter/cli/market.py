@@ -79,17 +79,15 @@ def prices(
 ) -> None:
     """Latest price of every offer, cheapest per GPU-hour first."""
     obj.skip_garbage_collection()
-    # Plain rows, not domain values: a read of every offer must start and answer fast
-    # (issue 6); see arbiter.status.
-    from arbiter.status import instance_shapes, newest_prices
-    from arbiter.store.db import read_session
+    # Plain rows, not domain values, read on the database driver itself: a read of every
+    # offer must start and answer fast (issue 6); see arbiter.store.reads.
+    from arbiter.store import reads
 
-    engine = obj.open_engine()
     now = datetime.now(UTC)
     limits = _stale_limits(obj)
-    with read_session(engine, "reading prices") as conn:
-        shapes = instance_shapes(conn)
-        latest = newest_prices(conn, provider=provider)
+    with reads.view(obj.database_url(), "reading prices") as r:
+        shapes = reads.instance_shapes(r)
+        latest = reads.newest_prices(r, provider=provider)
     rows: list[dict[str, Any]] = []
     for p in latest:
         if market and p.market != market:

@@ -32,7 +32,7 @@ from arbiter.domain.migrations import Migration, MigrationEvent, MigrationState
 from arbiter.domain.regions import Region, RegionCatalog
 from arbiter.domain.workloads import Placement, Workload
 from arbiter.errors import LeaseHeld, StoreError
-from arbiter.store import changepoints
+from arbiter.store import changepoints, reads
 from arbiter.store import schema as t
 from arbiter.store.changepoints import IngestStats, Observation, Observations
 from arbiter.store.db import translate_errors
@@ -217,88 +217,42 @@ class PriceRepository:
     def latest(
         self, *, provider: str | None = None, keys: Sequence[str] | None = None
     ) -> list[LatestPrice]:
-        """The newest price level of every offer (or of the offers ``keys``) and source."""
-        ph, of = t.price_history, t.offers
+        """The newest price level of every offer (or of the offers ``keys``) and source:
+        by offer key then source; for ``keys``, by offer, then source (the query of
+        :func:`arbiter.store.reads.newest_prices`, which the read-only views run)."""
         with translate_errors("reading prices"), self._engine.connect() as conn:
-            grouped = select(
-                ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs")
-            ).group_by(ph.c.offer_id, ph.c.source)
-            if keys is not None:
-                ids = list(
-                    conn.execute(
-                        select(of.c.id).where(changepoints.member_of(conn, of.c.key, list(keys)))
-                    ).scalars()
-                )
-                grouped = grouped.where(changepoints.member_of(conn, ph.c.offer_id, ids))
-            newest = grouped.subquery()
-            query = (
-                select(of, ph.c.source, ph.c.usd_per_hour, ph.c.first_seen, ph.c.last_seen)
-                .join(ph, ph.c.offer_id == of.c.id)
-                .join(
-                    newest,
-                    and_(
-                        ph.c.offer_id == newest.c.offer_id,
-                        ph.c.source == newest.c.source,
-                        ph.c.first_seen == newest.c.fs,
-                    ),
-                )
-                .order_by(of.c.key, ph.c.source)
+            rows = reads.newest_prices(reads.Reader.on(conn), keys=keys, provider=provider)
+        return [
+            LatestPrice(
+                offer=Offer(
+                    provider=Provider(row.provider),
+                    region=row.region,
+                    zone=row.zone,
+                    instance_type=row.instance_type,
+                    market=Market(row.market),
+                ),
+                usd_per_hour=row.usd_per_hour,
+                source=row.source,
+                first_seen=row.first_seen,
+                last_seen=row.last_seen,
             )
-            if provider:
-                query = query.where(of.c.provider == provider)
-            return [
-                LatestPrice(
-                    offer=Offer(
-                        provider=Provider(row.provider),
-                        region=row.region,
-                        zone=row.zone,
-                        instance_type=row.instance_type,
-                        market=Market(row.market),
-                    ),
-                    usd_per_hour=row.usd_per_hour,
-                    source=row.source,
-                    first_seen=row.first_seen,
-                    last_seen=row.last_seen,
-                )
-                for row in conn.execute(query)
-            ]
+            for row in rows
+        ]
 
     def newest_levels(self) -> list[PriceLevel]:
         """The newest price level of every offer and source, by offer id, then source:
         what a market snapshot reads, and no more (:meth:`latest` also says when each
         level began, and sorts by offer key). Offer rows never change, so each offer is
         read and built once per repository."""
-        ph, of = t.price_history, t.offers
-        newest = (
-            select(ph.c.offer_id, ph.c.source, func.max(ph.c.first_seen).label("fs"))
-            .group_by(ph.c.offer_id, ph.c.source)
-            .subquery()
-        )
-        query = (
-            select(ph.c.offer_id, ph.c.source, ph.c.usd_per_hour, ph.c.last_seen)
-            .join(
-                newest,
-                and_(
-                    ph.c.offer_id == newest.c.offer_id,
-                    ph.c.source == newest.c.source,
-                    ph.c.first_seen == newest.c.fs,
-                ),
-            )
-            .order_by(ph.c.offer_id, ph.c.source)
-        )
         offers = self._offers
         with translate_errors("reading prices"), self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+            r = reads.Reader.on(conn)
+            rows = reads.newest_levels(r)
             unknown = sorted({row[0] for row in rows} - offers.keys())
             if unknown:
-                described = select(
-                    of.c.id, of.c.provider, of.c.region, of.c.zone, of.c.instance_type, of.c.market
-                )
-                if len(unknown) <= _CHUNK:  # else read them all: cheaper than listing ids
-                    described = described.where(changepoints.member_of(conn, of.c.id, unknown))
-                for offer_id, provider, region, zone, instance_type, market in conn.execute(
-                    described
-                ):
+                # more than a chunk: cheaper to read them all than to list their ids
+                described = reads.offers_by_id(r, unknown if len(unknown) <= _CHUNK else None)
+                for offer_id, (provider, region, zone, instance_type, market) in described.items():
                     offers[offer_id] = Offer(
                         provider=Provider(provider),
                         region=region,

@@ -42,17 +42,25 @@ HEAVY = (
     "arbiter.domain.workloads",
     "arbiter.domain.decisions",
     "arbiter.domain.migrations",
+    # SQLAlchemy and the table definitions: the views read on the database driver
+    # itself (arbiter.store.reads); importing SQLAlchemy alone took about 0.2 s
+    "sqlalchemy",
+    "arbiter.store.schema",
+    "arbiter.store.changepoints",
 )
 
+NOT_ON_SQLITE = ("psycopg",)
+"""Not for a SQLite store either: PostgreSQL's driver."""
 
-def loaded_after(*args: str) -> list[str]:
-    """The HEAVY modules in sys.modules after running ``arbiter ARGS`` in a fresh
+
+def loaded_after(*args: str, heavy: tuple[str, ...] = HEAVY + NOT_ON_SQLITE) -> list[str]:
+    """The ``heavy`` modules in sys.modules after running ``arbiter ARGS`` in a fresh
     interpreter (the command must succeed)."""
     code = (
         "import json, sys\n"
         "from arbiter.cli.main import cli\n"
         f"cli.main({list(args)!r}, prog_name='arbiter', standalone_mode=False)\n"
-        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        f"heavy = [m for m in {heavy!r} if m in sys.modules]\n"
         "print(json.dumps(heavy), file=sys.stderr)\n"
     )
     result = subprocess.run(
@@ -84,6 +92,25 @@ def test_status_as_a_table_loads_only_the_table_renderer(sqlite_url: str) -> Non
 
 def test_prices_loads_none_of_the_heavy_modules(sqlite_url: str) -> None:
     assert loaded_after("--database-url", sqlite_url, "prices", "-o", "json") == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["status", "prices"])
+def test_a_view_on_postgresql_loads_none_of_the_heavy_modules(
+    postgres_server: object, command: str
+) -> None:
+    url = postgres_server.new_database()  # type: ignore[attr-defined]
+    try:
+        upgrade(url)
+        assert loaded_after("--database-url", url, command, "-o", "json", heavy=HEAVY) == []
+    finally:
+        postgres_server.drop_database(url)  # type: ignore[attr-defined]
+
+
+def test_a_view_on_a_url_only_sqlalchemy_opens_still_answers(sqlite_url: str) -> None:
+    """A SQLite URI (or several PostgreSQL hosts) is opened through SQLAlchemy."""
+    uri = sqlite_url.replace("sqlite:///", "sqlite:///file:") + "?mode=ro&uri=true"
+    assert loaded_after("--database-url", uri, "status", "-o", "json") == ["sqlalchemy"]
 
 
 def test_listing_the_commands_imports_none_of_their_modules() -> None:
