@@ -4,6 +4,16 @@ a store holding 90 days of history. Target (issue 6): ≤ 0.5 s for ``status``.
 The store is filled by replaying 90 recorded days (hourly polls of the shipped AWS,
 Azure and GCP recording; daily price changes become change points) plus 200 workloads
 with placements, into SQLite (the embedded default) and PostgreSQL.
+
+Each command runs as a subprocess, as a user runs it: ``python -m arbiter CMD -o json``
+with the store's URL in ``ARBITER_DATABASE_URL``. Bytecode caches are warm, as in an
+installation (pip compiles every module when it installs it): the commands run with
+``PYTHONDONTWRITEBYTECODE`` removed from their environment, and one untimed run of each
+command first writes the caches of the modules it imports (and warms the page cache and
+the database's buffers). Without that, a module edited since its cache was written (or
+never cached, under ``PYTHONDONTWRITEBYTECODE=1``) is compiled again at every start.
+The median of RUNS timed runs is the figure; the minimum and the load averages before
+and after are recorded too, since on a shared machine a busy moment slows every start.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from providers.replay import build
 
 DAYS = 90
 POLLS_PER_DAY = 4
-RUNS = 7
+RUNS = 11
 
 
 def fill(url: str) -> dict[str, int]:
@@ -75,20 +85,21 @@ def fill(url: str) -> dict[str, int]:
 
 
 def time_command(url: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "ARBITER_DATABASE_URL": url}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["ARBITER_DATABASE_URL"] = url
+    command = [sys.executable, "-m", "arbiter", *args, "--output", "json"]
+    subprocess.run(command, env=env, check=True, capture_output=True)  # warm the caches
+    load_before = os.getloadavg()
     times = []
     for _ in range(RUNS):
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "arbiter", *args, "--output", "json"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        subprocess.run(command, env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return {
         "median_seconds": round(statistics.median(times), 3),
+        "min_seconds": round(min(times), 3),
         "all_seconds": [round(t, 3) for t in times],
+        "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
 
 
