@@ -6,7 +6,8 @@
    upgraded automatically; PostgreSQL must be upgraded with ``arbiter db upgrade``);
 2. loads the region catalog and writes it to the store;
 3. takes the leader lease (on SQLite a second daemon is refused; on PostgreSQL it
-   stands by and takes over when the leader's lease expires);
+   stands by and takes over when the leader's lease expires), and releases it if the
+   start fails after that (an executor or interruption source refusing its options);
 4. polls each market-data source on its own interval and jitter (leader only), and
    applies the store's retention every 6 hours;
 5. reconciles (leader only, :mod:`arbiter.reconcile`): decide, plan, and drive
@@ -431,12 +432,41 @@ class Daemon:
         on_ready: Callable[[], None] | None = None,
         reconcile: bool = True,
     ) -> int:
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         if self.settings.database.echo:
             echo_sql()
         self.prepare_store()
         self.try_lead()
+        # From here on the lease may be ours: whatever stops the start (an executor or an
+        # interruption source refusing its options, a port in use) releases it below
+        # rather than leaving it held until it expires.
+        try:
+            self._start(sources, reconcile=reconcile)
+            if on_ready:
+                on_ready()
+            while not self.stopping.wait(timeout=1.0):
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload_policies()
+        finally:
+            self.notifier.stopping()
+            if self.endpoint is not None:
+                self.endpoint.stop()
+            if self._scheduler is not None and self._scheduler.running:
+                self._scheduler.shutdown(wait=True)
+            if self.is_leader:
+                try:
+                    self.store.leases.release(LEADER_LEASE, self.name)
+                except StoreError as exc:
+                    self.log.warning("could not release lease", error=str(exc))
+            self.engine.dispose()
+            self.log.info("stopped")
+        return 0
+
+    def _start(self, sources: dict[str, ConfiguredSource] | None, *, reconcile: bool) -> None:
+        """Build the executor and the interruption sources (their options are checked
+        here), schedule the jobs, start them and the HTTP endpoint."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
         self._scheduler = BackgroundScheduler(timezone="UTC")
         if sources:
             self.add_polling_jobs(sources)
@@ -477,23 +507,3 @@ class Daemon:
             backend=self.engine.dialect.name,
             sources=sorted(sources or {}),
         )
-        if on_ready:
-            on_ready()
-        try:
-            while not self.stopping.wait(timeout=1.0):
-                if self.reload_requested.is_set():
-                    self.reload_requested.clear()
-                    self.reload_policies()
-        finally:
-            self.notifier.stopping()
-            if self.endpoint is not None:
-                self.endpoint.stop()
-            self._scheduler.shutdown(wait=True)
-            if self.is_leader:
-                try:
-                    self.store.leases.release(LEADER_LEASE, self.name)
-                except StoreError as exc:
-                    self.log.warning("could not release lease", error=str(exc))
-            self.engine.dispose()
-            self.log.info("stopped")
-        return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pwd
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +13,11 @@ from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
 from arbiter.catalog import load_catalog
-from arbiter.config import Settings, default_kill_switch_file, effective_settings
-from arbiter.daemon import Daemon
-from arbiter.errors import StoreError
+from arbiter.config import Settings, default_kill_switch_file, effective_settings, load_config
+from arbiter.daemon import LEADER_LEASE, Daemon
+from arbiter.errors import ConfigError, StoreError
 from arbiter.store.db import default_sqlite_path
+from arbiter.store.repositories import Store
 
 CATALOG = load_catalog()
 
@@ -109,3 +111,40 @@ def test_without_database_echo_no_sql_is_logged(
     with caplog.at_level(logging.WARNING):
         assert run_until_ready(daemon(settings, engine, store_url)) == 0
     assert not [r for r in caplog.records if r.name == sql_logger.name]
+
+
+# -- a start-up that fails leaves the lease free ---------------------------------------
+
+NOTHING_TO_PLAN = "[policies]\npaths = []\nworkloads = []\n"
+BAD_OPTIONS = {
+    "executor": (
+        f'{NOTHING_TO_PLAN}[executor]\nkind = "local"\n[executor.options]\nlisten = "0.0.0.0:80"\n',
+        ":7: executor.options.listen: the proxy binds 127.0.0.1 only",
+    ),
+    "interruption source": (
+        f'{NOTHING_TO_PLAN}[interruptions.sqs]\nkind = "aws-sqs"\n[interruptions.sqs.options]\n'
+        'queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/spot"\n'
+        "wait_seconds = 21\n",
+        ":8: interruptions.sqs.options.wait_seconds: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_OPTIONS))
+def test_a_daemon_stopped_by_a_bad_option_does_not_keep_the_leader_lease(
+    what: str, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    """The options of the executor and of the interruption sources are checked as they
+    are built, at start: a daemon that stops on one leaves the lease free, not held
+    until it expires (on SQLite that refused the corrected daemon; on PostgreSQL it
+    delayed the next leader)."""
+    config, error = BAD_OPTIONS[what]
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    env = {"ARBITER_HTTP__ENABLED": "false", "ARBITER_DAEMON__NAME": "host-a:1"}
+    bad = Daemon(load_config(path, env=env).settings, engine, CATALOG, database_url=store_url)
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'{path}{error}')}"):
+        run_until_ready(bad)
+    assert Store(engine).leases.get(LEADER_LEASE) is None
+    fixed = daemon({"daemon": {"name": "host-a:2"}}, engine, store_url)
+    assert fixed.try_lead() and fixed.is_leader
