@@ -34,7 +34,8 @@ providers, shares that cannot be met, a budget below its cheapest placement, no 
 with room for one replica). What couples workloads — capacity and budgets — is left to
 the solver: phase one finds the fewest missing units (an integral objective, so HiGHS
 rounds its bound up and stops as soon as a placement reaches it; skipped when the
-start misses none), phase two the cheapest placement missing no more; the workloads
+start misses none, or no more than the LP relaxation's bound rounded up), phase two
+the cheapest placement missing no more; the workloads
 left short are reported with the rule that stopped them. A throughput-sized workload
 is placed whole or not at all; a replica-sized one may be placed in part (status
 ``partial``).
@@ -51,7 +52,8 @@ the proof is short: the rounding of each throughput row at its cheapest levels, 
 of it together with the spot share (:func:`_add_mix_cuts`); the
 exact hull of each throughput target over its levels (an extended formulation over
 the minimal patterns of replicas per level that reach it, see
-:func:`_add_level_hulls`); on-demand and other-provider replicas rounded up from the
+:func:`_add_level_hulls`), and of each with a spot share over its levels on each
+market (:func:`_add_share_hulls`); on-demand and other-provider replicas rounded up from the
 fewest replicas any placement needs (:func:`_add_share_rounding`); and, when the start
 leaves a budget group short, the fewest missing units that group can reach on its own
 — a small MILP over its members, a relaxation of the whole, so its bound holds for
@@ -1034,6 +1036,116 @@ def _add_level_hulls(
         a.add(first + lv, lam[k], -patterns[k, lv].astype(np.float64))
 
 
+def _shared_patterns(
+    speed: FloatArray, spot: BoolArray, target: float, share: float
+) -> IntArray | None:
+    """Every minimal replica count per cell (a throughput ``speed`` on spot or on
+    demand) that reaches ``target`` with at most ``share`` of its replicas on spot:
+    one replica fewer in any cell used falls short of the target or breaks the share.
+    None when there are more than the limit or too many to enumerate.
+
+    A replica on spot counts only while it is needed for the target (one fewer on spot
+    never breaks the share), so at most ⌈target / speed⌉ of a cell; one on demand is
+    needed for the target or for the share, so at most that or the on-demand replicas
+    the most spot replicas need."""
+    reach = np.ceil(target / speed - _EPS).astype(np.int64)
+    most_spot = int(reach[spot].max(initial=0))
+    balance = math.ceil(most_spot * (1 - share) / share - _EPS)
+    top = np.where(spot, reach, np.maximum(reach, balance))
+    if math.prod(int(r) + 1 for r in top) > _SHARED_BOX:
+        return None
+    grids = np.meshgrid(*[np.arange(r + 1) for r in top], indexing="ij")
+    counts = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
+    reached = counts @ speed
+    n_spot = counts[:, spot].sum(axis=1)
+    total = counts.sum(axis=1)
+    short = target * (1 - 1e-12)
+    keep = (reached >= short) & (n_spot <= share * total + _EPS)
+    for cell in range(len(speed)):
+        used = counts[:, cell] > 0
+        still = reached - speed[cell] >= short
+        if spot[cell]:
+            fewer_ok = still & (n_spot - 1 <= share * (total - 1) + _EPS)
+        else:
+            fewer_ok = still & (n_spot <= share * (total - 1) + _EPS)
+        keep &= ~(used & fewer_ok)
+    patterns: IntArray = counts[keep]
+    if len(patterns) > _PATTERN_LIMIT:
+        return None
+    return patterns
+
+
+_SHARED_BOX = 8192
+"""Most candidate patterns to enumerate per workload for its spot share."""
+
+
+def _add_share_hulls(
+    a: _Rows,
+    d: _Demands,
+    w: IntArray,
+    x: IntArray,
+    tput: FloatArray,
+    spot: BoolArray,
+    placed_var: IntArray,
+    new_vars: Callable[[int], IntArray],
+) -> None:
+    """The hull of each throughput target with its spot share (0 < s < 1), as
+    :func:`_add_level_hulls` builds it over levels, here over cells of a level and a
+    market: Σ_k λ_k = z, Σ_{j in cell c} x_j ≥ Σ_k n_{k,c}·λ_k over the minimal
+    patterns n_k (:func:`_shared_patterns`). Valid: a placement reaching the target
+    within its share covers some minimal pattern (drop replicas while it stays
+    feasible). Too many patterns: the slower levels of a market are merged into
+    faster ones (a merged cell counts its replicas at its fastest speed, so every
+    placement still covers some pattern: valid, only looser), until few enough or
+    one level per market is left (then the workload gets none)."""
+    on = d.throughput_sized[w] & (d.spot_share[w] > 0) & (d.spot_share[w] < 1)
+    if not on.any():
+        return
+    cols = np.flatnonzero(on)
+    order = cols[np.lexsort((-tput[cols], w[cols]))]
+    bounds = np.flatnonzero(np.r_[True, w[order][1:] != w[order][:-1], True])
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        mine = order[first:last]
+        wl = int(w[mine[0]])
+        share, target = float(d.spot_share[wl]), float(d.target[wl])
+        t, market = tput[mine], spot[mine]
+        # Per market its distinct speeds, fastest first; each column's group is the
+        # speed it counts at (its own, or a faster one it was merged into).
+        counts_as = t.copy()
+        patterns: IntArray | None = None
+        while True:
+            cells, cell_of = np.unique(np.stack([market, -counts_as]), axis=1, return_inverse=True)
+            cell_of = cell_of.ravel()
+            speed, on_spot = -cells[1].astype(np.float64), cells[0].astype(np.bool_)
+            if not on_spot.any() or on_spot.all():
+                break  # one market only: the share rows and level hulls do it
+            patterns = _shared_patterns(speed, on_spot, target, share)
+            if patterns is not None:
+                break
+            # Merge the two closest speeds of one market (the slower into the faster).
+            best, pair = math.inf, None
+            for mk in (True, False):
+                sp = np.sort(speed[on_spot == mk])[::-1]
+                for hi, lo in zip(sp[:-1].tolist(), sp[1:].tolist(), strict=True):
+                    if hi / lo < best:
+                        best, pair = hi / lo, (mk, hi, lo)
+            if pair is None:
+                patterns = None
+                break
+            mk, hi, lo = pair
+            counts_as = np.where((market == mk) & (counts_as == lo), hi, counts_as)
+        if patterns is None or len(patterns) < 2 or on_spot.all() or not on_spot.any():
+            continue
+        lam = new_vars(len(patterns))
+        one = a.add_rows(np.zeros(1), np.zeros(1))
+        a.add(np.full(len(lam), one), lam, 1.0)
+        a.add(np.array([one]), placed_var[wl : wl + 1], -1.0)
+        row = a.add_rows(np.zeros(len(speed)), np.full(len(speed), np.inf))
+        a.add(row + cell_of, x[mine], 1.0)
+        k, cell = np.nonzero(patterns)
+        a.add(row + cell, lam[k], -patterns[k, cell].astype(np.float64))
+
+
 def _add_share_rounding(
     a: _Rows,
     d: _Demands,
@@ -1193,6 +1305,7 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     _add_level_hulls(a, d, w, x, tput, placed_var, lambda k: new_vars(k, 0.0, 1.0, 0.0, 0))
     _add_share_rounding(a, d, w, x, tput, spot, provider, placed_var)
     _add_mix_cuts(a, d, w, x, tput, spot, placed_var)
+    _add_share_hulls(a, d, w, x, tput, spot, placed_var, lambda k: new_vars(k, 0.0, 1.0, 0.0, 0))
     # The total of a throughput-sized workload with share rules (see _prepare).
     capped_total = np.flatnonzero(active & np.isfinite(c.total_cap))
     if len(capped_total):
@@ -1562,8 +1675,54 @@ def _lp_start(
                 x[j] = k
                 free[cs.offer[j]] -= k * g
         left[group] -= best_cost
+    rest = np.bincount(cs.workload, weights=x, minlength=len(d.replicas)) < 0.5
+    rest &= np.bincount(cs.workload, minlength=len(d.replicas)) > 0
+    if rest.any():
+        x, spent = _place_rest(p, d, c, model, cs, x, rest, time_limit=time_limit - seconds)
+        seconds += spent
     x = _greedy_start(p, d, c, model, kept=x)
     return _improve(p, d, c, model, x, cs), seconds
+
+
+def _place_rest(
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
+    model: _Model,
+    cs: _Columns,
+    x: FloatArray,
+    rest: BoolArray,
+    *,
+    time_limit: float,
+) -> tuple[FloatArray, float]:
+    """The workloads ``rest`` placed by a small MILP in the room and budgets the
+    placement ``x`` of the others leaves (the real cost plus a penalty per missing
+    unit), and the seconds spent; ``x`` unchanged if none is found in time."""
+    if time_limit <= 0:
+        return x, 0.0
+    free, left = cs.room(p, d, c, x)
+    room = dataclasses.replace(c, capacity=np.maximum(np.asarray(free), 0.0))
+    budgets = [max(b, 0.0) for b in left[:-1]]
+    mine = np.flatnonzero(rest[cs.workload])
+    sub = _build(dataclasses.replace(p, budgets=budgets), d, room, model.cols[mine])
+    h = _highs(sub, time_limit=time_limit, mip_rel_gap=_START_GAP)
+    cost, _ = _penalised(sub)
+    h.changeColsCost(sub.n_vars, np.arange(sub.n_vars, dtype=np.int32), cost)
+    run = _run_once(h, sub.trivial)
+    if run.values is sub.trivial:
+        return x, run.seconds
+    x = x.copy()
+    x[mine] = np.rint(run.values[: len(mine)])
+    # A throughput-sized workload the MILP leaves unplaced (z = 0) places nothing.
+    unplaced = np.zeros(len(d.replicas), dtype=np.bool_)
+    has_z = sub.placed_var >= 0
+    unplaced[has_z] = run.values[sub.placed_var[has_z]] < 0.5
+    x[mine[unplaced[cs.workload[mine]]]] = 0.0
+    return x, run.seconds
+
+
+_START_GAP = 0.001
+"""Gap at which the start's small MILPs stop."""
 
 
 def _improve(
@@ -1979,6 +2138,24 @@ _QUICK = 0.5
 solved by then, and the aids cost more than that."""
 
 
+def _fewest_by_lp(model: _Model, start: FloatArray, time_limit: float) -> tuple[bool, float]:
+    """The LP relaxation proves that no placement misses fewer units than ``start``
+    (missing units are integral: a bound above one fewer is the start's count), so
+    phase one has nothing to find. HiGHS would find as much, after its presolve and
+    root, which on a large model takes several times the LP's time."""
+    if time_limit <= 0:
+        return False, 0.0
+    h = _highs(model, time_limit=time_limit, mip_rel_gap=0.0)
+    _count_missing(h, model)
+    h.setOptionValue("solve_relaxation", True)
+    h.run()
+    seconds = float(h.getRunTime())
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return False, seconds
+    bound = float(h.getInfo().objective_function_value)
+    return math.ceil(bound - 1e-6) >= round(_missing(model, start)), seconds
+
+
 def _solve_model(
     p: Problem,
     d: _Demands,
@@ -2009,7 +2186,11 @@ def _solve_model(
         return run
 
     fewest, aided = start, False
+    settled = False
     if _missing(model, start) > 0.5:
+        settled, seconds = _fewest_by_lp(model, start, left())
+        elsewhere += seconds
+    if not settled and _missing(model, start) > 0.5:
         _count_missing(h, model)
         first = attempt(start, _QUICK) if _QUICK > 0 else None
         if first is None or (not first.optimal and left() > 0):

@@ -641,3 +641,59 @@ def test_the_mix_cuts_keep_every_placement_that_reaches_the_target_within_the_sp
         for r in range(len(lower)):
             at = slice(start[r], start[r + 1])
             assert float(value[at] @ values[index[at]]) >= lower[r] - 1e-9, (counts, r)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([100.0, 250.0, 400.0, 700.0]), st.booleans()),
+        min_size=2,
+        max_size=3,
+        unique=True,
+    ),
+    st.sampled_from([300.0, 800.0, 1200.0]),
+    st.sampled_from([0.34, 0.5, 0.75]),
+)
+def test_shared_patterns_are_the_least_counts_that_reach_a_target_within_a_spot_share(
+    cells: list[tuple[float, bool]], target: float, share: float
+) -> None:
+    speed = np.array([t for t, _ in cells])
+    spot = np.array([s for _, s in cells])
+    patterns = solver._shared_patterns(speed, spot, target, share)
+    # Every count up to the target in the slowest cell, times the replicas one spot
+    # replica may need beside it: beyond, no count is minimal.
+    most = math.ceil(target / speed.min()) * math.ceil(1 / share)
+    grid = np.stack(
+        np.meshgrid(*[np.arange(most + 1)] * len(cells), indexing="ij"), axis=-1
+    ).reshape(-1, len(cells))
+
+    def feasible(n: IntMatrix) -> BoolArray:
+        on_spot = n[:, spot].sum(axis=1)
+        return (n @ speed >= target) & (on_spot <= share * n.sum(axis=1) + 1e-9)
+
+    minimal = feasible(grid)
+    for i in range(len(cells)):
+        fewer = grid.copy()
+        fewer[:, i] -= 1
+        minimal &= ~((grid[:, i] > 0) & feasible(fewer))
+    expected = {tuple(int(n) for n in row) for row in grid[minimal]}
+    if patterns is None:  # more than the model takes
+        assert len(expected) > solver._PATTERN_LIMIT
+    else:
+        assert {tuple(int(n) for n in row) for row in patterns} == expected
+
+
+@PROPERTY
+@given(SMALL)
+def test_with_spot_cells_merged_the_solver_still_finds_the_brute_force_optimum(
+    p: Problem,
+) -> None:
+    # A box of 3 candidates merges every market's speeds into one: looser, still valid.
+    with patch.object(solver, "_SHARED_BOX", 3), patch.object(solver, "_PART_COLUMNS", 1):
+        s = solve(p, mip_rel_gap=0.0)
+    check(p, s)
+    assert s.optimal
+    best = brute_force(p)
+    units, cost = solver_score(p, s)
+    assert units == best[0]
+    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
