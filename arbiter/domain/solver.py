@@ -116,7 +116,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -2269,6 +2271,7 @@ def solve(
     mip_rel_gap: float = 0.005,
     mip_abs_gap: float = 0.0,
     reduce: bool = True,
+    threads: int = 2,
 ) -> Solution:
     """The cheapest placement of every workload's replicas (see the module docstring).
 
@@ -2276,7 +2279,7 @@ def solve(
     found by then is returned with ``time_limited=True``. HiGHS stops when the gap is
     within ``mip_rel_gap`` of the cost or within ``mip_abs_gap`` (USD/h) of it,
     whichever comes first. ``reduce=False`` solves the unreduced problem (every given
-    column).
+    column). ``threads``: independent parts solved at once (the result is the same).
     """
     d = _Demands.of(problem.workloads)
     c = _prepare(problem, d)
@@ -2284,38 +2287,95 @@ def solve(
     cols = _reduce(problem, d, c) if reduce and n_cand else np.arange(n_cand, dtype=np.int64)
     x = np.zeros(len(cols))
     chosen = np.zeros(problem.n_workloads, dtype=np.bool_)
-    runs: list[tuple[_Model, _Run]] = []
     parts = _parts(problem, d, c, cols)
     sizes = np.array([len(part) for part in parts], dtype=np.float64)
-    for i, part in enumerate(parts):
-        # Each part's share of the time by its size, and of an absolute gap: the
-        # parts' gaps add up to the whole one.
+
+    clock = _TimeShare(time_limit, float(sizes.sum()))
+
+    def solve_part(i: int) -> tuple[_Model, _Run]:
+        # Each part's share of an absolute gap by its size (the parts' gaps add up to
+        # the whole one), and of the time left by its size among the parts left.
         share = float(sizes[i] / sizes.sum())
-        model = _build(problem, d, c, cols[part])
-        start = _start_from(model, _greedy_start(problem, d, c, model), d, c)
-        lp_seconds = 0.0
-        if len(part) > _PART_COLUMNS:
-            rounded, lp_seconds = _lp_start(problem, d, c, model, time_limit=time_limit * share)
-            if rounded is not None:
-                rounded = _start_from(model, rounded, d, c)
-                if _better(model, rounded, start):
-                    start = rounded
-        run = _solve_model(
+        model, run = _solve_part(
             problem,
             d,
             c,
-            model,
-            start,
-            time_limit=time_limit * share,
+            cols[parts[i]],
+            time_limit=clock.take(float(sizes[i])),
             mip_rel_gap=mip_rel_gap,
             mip_abs_gap=mip_abs_gap * share,
         )
-        run.seconds += lp_seconds
+        clock.spent(float(sizes[i]), run.seconds)
+        return model, run
+
+    # Largest first, so that the others fill the other threads meanwhile; HiGHS
+    # releases the GIL while it runs. Each part is solved as it would be alone.
+    order = np.argsort(-sizes, kind="stable").tolist()
+    if threads > 1 and len(parts) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            done = dict(zip(order, pool.map(solve_part, order), strict=True))
+    else:
+        done = {i: solve_part(i) for i in order}
+    runs = [done[i] for i in range(len(parts))]
+    for part, (model, run) in zip(parts, runs, strict=True):
         x[part] = np.rint(run.values[: len(part)])
         has_z = model.placed_var >= 0
         chosen[has_z] = run.values[model.placed_var[has_z]] > 0.5
-        runs.append((model, run))
     return _solution(problem, d, c, cols, x, chosen, _summary(runs))
+
+
+class _TimeShare:
+    """The time limit shared by the parts: each part, as it starts, gets the time
+    not yet spent in proportion to its size among the parts not yet done (a part
+    that finishes early leaves its time to the others). Thread-safe."""
+
+    def __init__(self, seconds: float, size: float) -> None:
+        self._left, self._size = seconds, size
+        self._lock = threading.Lock()
+
+    def take(self, size: float) -> float:
+        with self._lock:
+            return max(self._left * size / max(self._size, size), 1e-3)
+
+    def spent(self, size: float, seconds: float) -> None:
+        with self._lock:
+            self._left = max(self._left - seconds, 0.0)
+            self._size -= size
+
+
+def _solve_part(
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
+    cols: IntArray,
+    *,
+    time_limit: float,
+    mip_rel_gap: float,
+    mip_abs_gap: float,
+) -> tuple[_Model, _Run]:
+    """One part's model and its solve, from the better of the greedy start and (for
+    a part larger than a batch) the LP rounding."""
+    model = _build(p, d, c, cols)
+    start = _start_from(model, _greedy_start(p, d, c, model), d, c)
+    lp_seconds = 0.0
+    if len(cols) > _PART_COLUMNS:
+        rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
+        if rounded is not None:
+            rounded = _start_from(model, rounded, d, c)
+            if _better(model, rounded, start):
+                start = rounded
+    run = _solve_model(
+        p,
+        d,
+        c,
+        model,
+        start,
+        time_limit=max(time_limit - lp_seconds, 1e-3),
+        mip_rel_gap=mip_rel_gap,
+        mip_abs_gap=mip_abs_gap,
+    )
+    run.seconds += lp_seconds
+    return model, run
 
 
 def _parts(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> list[IntArray]:
