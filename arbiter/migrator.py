@@ -314,14 +314,3 @@ def placements_from_store(
         )
         for name, ps in rows.items()
     }
-
-
-def last_migrations(migrations: Sequence[Migration]) -> dict[str, Migration]:
-    """Each workload's last started migration (for cooldown and waves), from
-    ``migrations`` listed the last started first, as ``MigrationRepository.recent``
-    lists them. Not the newest ``created_at``: after the clock stepped back, the last
-    migration started carries an earlier time than the one before it."""
-    out: dict[str, Migration] = {}
-    for m in migrations:
-        out.setdefault(m.workload, m)
-    return out

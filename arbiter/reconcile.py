@@ -42,7 +42,7 @@ from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.workloads import Workload
 from arbiter.errors import unknown_name_message
 from arbiter.logs import get_logger
-from arbiter.migrator import Migrator, last_migrations, placements_from_store
+from arbiter.migrator import Migrator, placements_from_store
 from arbiter.ports import Clock
 from arbiter.store.repositories import Store
 
@@ -259,7 +259,7 @@ class Reconciler:
         running = placements_from_store(self.store.workloads.all_placements())
         unfinished = self.store.migrations.unfinished()
         busy = {m.workload for m in unfinished}
-        last = last_migrations(self.store.migrations.recent(limit=500))
+        last = self.store.migrations.latest_per_workload()
 
         def planned(name: str) -> bool:
             return plan_observed or self.mode_for(name) is not Mode.OBSERVE

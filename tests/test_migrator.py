@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from arbiter.domain.market import Offer
-from arbiter.domain.migrations import Migration, MigrationState
+from arbiter.domain.migrations import MigrationState
 from arbiter.domain.planner import MoveKind, PlannedMove
 from arbiter.domain.workloads import GpuOption, Placement, Workload
 from arbiter.errors import StoreError
-from arbiter.migrator import Migrator, last_migrations
+from arbiter.migrator import Migrator
 from arbiter.ports import FakeClock, FakeExecutor
 from arbiter.store.repositories import Store
 
@@ -196,26 +196,3 @@ def test_capacity_found_missing_while_warming_rolls_back_and_blocklists(store: S
     assert events[-1].to_state is S.ROLLED_BACK
     assert "no capacity" in events[-2].reason
     assert B.key in store.blocklist.active(world.clock.now())
-
-
-def test_the_last_migration_of_a_workload_is_the_first_listed_not_the_newest_created_at() -> None:
-    """``last_migrations`` takes the order ``MigrationRepository.recent`` lists them in
-    (the last started first): after the clock stepped back, the last migration started
-    carries an earlier ``created_at`` than the one before it."""
-    before = Migration(
-        id="m-1",
-        workload="chat",
-        source=(placed(A, 2),),
-        target=(placed(B, 2),),
-        reason="cheaper",
-        created_at=START,
-        updated_at=START,
-    )
-    stepped_back = before.model_copy(
-        update={"id": "m-2", "created_at": START - timedelta(minutes=10)}
-    )
-    other = before.model_copy(update={"id": "m-3", "workload": "batch"})
-    assert last_migrations([stepped_back, other, before]) == {
-        "chat": stepped_back,
-        "batch": other,
-    }

@@ -9,7 +9,8 @@ from pathlib import Path
 from arbiter.catalog import load_catalog
 from arbiter.config import Mode, Settings
 from arbiter.domain.market import InstanceType, Offer, PriceQuote
-from arbiter.domain.migrations import MigrationState
+from arbiter.domain.migrations import Migration, MigrationState
+from arbiter.domain.workloads import Placement
 from arbiter.migrator import Migrator
 from arbiter.ports import FakeClock, FakeExecutor
 from arbiter.reconcile import Reconciler
@@ -134,6 +135,40 @@ def test_a_new_workload_is_placed_and_a_cheaper_region_later_wins(
     assert all(m.state is MigrationState.DONE for m in store.migrations.recent())
     # never the cheaper non-EU region
     assert all(g.offer != US for g in world.cloud.groups())
+
+
+def test_a_workload_keeps_its_cooldown_however_many_other_workloads_moved_since(
+    store: Store, tmp_path: Path
+) -> None:
+    """The cooldown counts from the workload's own last migration, however many other
+    workloads' migrations were started after it (600 here: more than any fixed window of
+    recent migrations the reconciler might read)."""
+    world = World(store, tmp_path)
+    world.policy_file.write_text(POLICY.replace("cooldown: 0s", "cooldown: 1h"))
+    world.prices(west4=1.0, west1=1.5, us=0.3)
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+    for n in range(600):
+        other = f"other-{n:03d}"
+        store.migrations.create(
+            Migration(
+                id=f"m-{other}",
+                workload=other,
+                source=(),
+                target=(Placement(workload=other, offer=US, replicas=1),),
+                state=MigrationState.DONE,
+                reason="place: new workload",
+                created_at=world.clock.now(),
+                updated_at=world.clock.now(),
+            )
+        )
+    world.prices(west4=1.0, west1=0.5, us=0.3)  # moving saves 50 %, minutes into the cooldown
+    world.tick(10)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)], "moved within the cooldown"
+    world.clock.advance(timedelta(hours=1))
+    world.prices(west4=1.0, west1=0.5, us=0.3)
+    world.tick(10)
+    assert store.workloads.placements("chat") == [(WEST1.key, 2)], "and moves once it is over"
 
 
 def test_observe_records_decisions_and_changes_nothing(store: Store, tmp_path: Path) -> None:

@@ -432,6 +432,17 @@ def _placements_json(placements: Sequence[Placement]) -> list[dict[str, Any]]:
     return [p.model_dump(mode="json") for p in placements]
 
 
+class LastMigration(NamedTuple):
+    """A workload's last started migration, as far as the planner's cooldown and waves
+    need it: when it started, where it stands, and its reason (which marks a wave)."""
+
+    id: str
+    workload: str
+    state: MigrationState
+    reason: str
+    created_at: datetime
+
+
 class MigrationRepository:
     """Migrations and their events. A state change and its event commit together."""
 
@@ -531,6 +542,23 @@ class MigrationRepository:
                 select(t.migrations).order_by(t.migrations.c.seq.desc()).limit(limit)
             )
             return [self._from_row(row) for row in rows]
+
+    def latest_per_workload(self) -> dict[str, LastMigration]:
+        """Each workload's last started migration (by insertion order, not by
+        ``created_at``, which goes back when the clock steps back), finished or not,
+        however many migrations of other workloads started after it, in one query.
+        Placements are not read: the reconciler asks this for every workload on every
+        pass."""
+        m = t.migrations
+        last = select(func.max(m.c.seq)).group_by(m.c.workload)
+        query = select(m.c.id, m.c.workload, m.c.state, m.c.reason, m.c.created_at).where(
+            m.c.seq.in_(last)
+        )
+        with translate_errors("reading migrations"), self._engine.connect() as conn:
+            return {
+                workload: LastMigration(key, workload, MigrationState(state), reason, created_at)
+                for key, workload, state, reason, created_at in conn.execute(query)
+            }
 
     def unfinished(self) -> list[Migration]:
         """Every migration not yet done, rolled back or failed, the first started first."""

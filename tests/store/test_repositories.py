@@ -12,7 +12,7 @@ from arbiter.domain.market import Market, Offer, PriceQuote, Provider
 from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.domain.workloads import GpuOption, Placement, Workload
 from arbiter.errors import LeaseHeld, StoreError
-from arbiter.store.repositories import Store
+from arbiter.store.repositories import LastMigration, Store
 
 T0 = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
 H100_SPOT = Offer(
@@ -281,6 +281,45 @@ def test_migrations_are_listed_in_the_order_started_even_when_the_clock_stepped_
     assert [m.id for m in store.migrations.recent()] == ["m-0", "m-1"], "last started first"
     assert [m.id for m in store.migrations.recent(limit=1)] == ["m-0"]
     assert [m.id for m in store.migrations.unfinished()] == ["m-1", "m-0"], "first started first"
+
+
+def test_each_workloads_last_started_migration_is_read_in_one_query(store: Store) -> None:
+    """By insertion order, not ``created_at`` (the last started carries the earlier
+    time after the clock stepped back), in its current state, for every workload with a
+    migration, however long ago it started."""
+    first = migration()
+    stepped_back = first.model_copy(
+        update={
+            "id": "m-0",
+            "created_at": T0 - timedelta(minutes=10),
+            "updated_at": T0 - timedelta(minutes=10),
+        }
+    )
+    batch = first.model_copy(update={"id": "m-2", "workload": "batch", "reason": "place"})
+    store.migrations.create(first)
+    store.migrations.create(stepped_back)
+    store.migrations.create(batch)
+    store.migrations.advance(stepped_back, MigrationState.ROLLED_BACK, at=T0, reason="cancelled")
+    assert store.migrations.latest_per_workload() == {
+        "chat-api": LastMigration(
+            id="m-0",
+            workload="chat-api",
+            state=MigrationState.ROLLED_BACK,
+            reason="saves $41.20/h",
+            created_at=T0 - timedelta(minutes=10),
+        ),
+        "batch": LastMigration(
+            id="m-2",
+            workload="batch",
+            state=MigrationState.PLANNED,
+            reason="place",
+            created_at=T0,
+        ),
+    }
+
+
+def test_no_workload_has_a_last_migration_in_an_empty_store(store: Store) -> None:
+    assert store.migrations.latest_per_workload() == {}
 
 
 def test_decisions_round_trip_with_their_explanation(store: Store) -> None:
