@@ -62,11 +62,11 @@ knapsack whose LP bound is a fraction of a replica off, and branching closes the
 group at a time.
 
 **Start.** Each phase starts from a placement: a greedy one (each workload in turn on
-the cheapest columns with room and budget left, within its rules) or, for a part
-larger than a batch, the rounding of the LP relaxation when it is better (whole
-workloads kept, the others rounded within their rules, the rest greedy, then a local
-search: :func:`_lp_start`), improved by fixing
-the workloads the LP relaxation places whole and solving the rest, which fall apart
+the cheapest columns with room and budget left, within its rules) or the rounding
+of the LP relaxation when it is better (whole workloads kept, the others rounded
+within their rules, the rest placed by a small MILP, then a local search:
+:func:`_lp_start`), improved when a phase is not settled quickly by fixing the
+workloads the LP relaxation places whole and solving the rest, which fall apart
 into small independent groups, as small MILPs (:func:`_rounded_start`); for phase two,
 RINS around phase one's placement (which ignores cost). Only starts, checked before
 use: the solve is as exact as without them, but HiGHS's own heuristics find such
@@ -2353,17 +2353,15 @@ def _solve_part(
     mip_rel_gap: float,
     mip_abs_gap: float,
 ) -> tuple[_Model, _Run]:
-    """One part's model and its solve, from the better of the greedy start and (for
-    a part larger than a batch) the LP rounding."""
+    """One part's model and its solve, from the better of the greedy start and the
+    LP rounding."""
     model = _build(p, d, c, cols)
     start = _start_from(model, _greedy_start(p, d, c, model), d, c)
-    lp_seconds = 0.0
-    if len(cols) > _PART_COLUMNS:
-        rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
-        if rounded is not None:
-            rounded = _start_from(model, rounded, d, c)
-            if _better(model, rounded, start):
-                start = rounded
+    rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
+    if rounded is not None:
+        rounded = _start_from(model, rounded, d, c)
+        if _better(model, rounded, start):
+            start = rounded
     run = _solve_model(
         p,
         d,
