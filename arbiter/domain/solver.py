@@ -1110,34 +1110,35 @@ def _add_share_hulls(
         mine = order[first:last]
         wl = int(w[mine[0]])
         share, target = float(d.spot_share[wl]), float(d.target[wl])
-        t, market = tput[mine], spot[mine]
-        # Per market its distinct speeds, fastest first; each column's group is the
+        market: list[bool] = spot[mine].tolist()
+        if all(market) or not any(market):
+            continue  # one market only: the share rows and level hulls do it
+        # Per market its distinct speeds, fastest first; each column's cell is the
         # speed it counts at (its own, or a faster one it was merged into).
-        counts_as = t.copy()
+        counts_as: list[float] = tput[mine].tolist()
         patterns: IntArray | None = None
         while True:
-            cells, cell_of = np.unique(np.stack([market, -counts_as]), axis=1, return_inverse=True)
-            cell_of = cell_of.ravel()
-            speed, on_spot = -cells[1].astype(np.float64), cells[0].astype(np.bool_)
-            if not on_spot.any() or on_spot.all():
-                break  # one market only: the share rows and level hulls do it
+            cells = sorted(set(zip(market, counts_as, strict=True)), key=lambda k: (k[0], -k[1]))
+            speed = np.array([v for _, v in cells])
+            on_spot = np.array([m for m, _ in cells], dtype=np.bool_)
             patterns = _shared_patterns(speed, on_spot, target, share)
             if patterns is not None:
                 break
             # Merge the two closest speeds of one market (the slower into the faster).
             best, pair = math.inf, None
-            for mk in (True, False):
-                sp = np.sort(speed[on_spot == mk])[::-1]
-                for hi, lo in zip(sp[:-1].tolist(), sp[1:].tolist(), strict=True):
-                    if hi / lo < best:
-                        best, pair = hi / lo, (mk, hi, lo)
+            for (m1, hi), (m2, lo) in itertools.pairwise(cells):
+                if m1 == m2 and hi / lo < best:
+                    best, pair = hi / lo, (m1, hi, lo)
             if pair is None:
-                patterns = None
                 break
             mk, hi, lo = pair
-            counts_as = np.where((market == mk) & (counts_as == lo), hi, counts_as)
-        if patterns is None or len(patterns) < 2 or on_spot.all() or not on_spot.any():
+            counts_as = [
+                hi if m == mk and v == lo else v for m, v in zip(market, counts_as, strict=True)
+            ]
+        if patterns is None or len(patterns) < 2:
             continue
+        index = {cell: i for i, cell in enumerate(cells)}
+        cell_of = np.array([index[k] for k in zip(market, counts_as, strict=True)])
         lam = new_vars(len(patterns))
         one = a.add_rows(np.zeros(1), np.zeros(1))
         a.add(np.full(len(lam), one), lam, 1.0)
@@ -2356,12 +2357,13 @@ def _solve_part(
     """One part's model and its solve, from the better of the greedy start and the
     LP rounding."""
     model = _build(p, d, c, cols)
-    start = _start_from(model, _greedy_start(p, d, c, model), d, c)
     rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
-    if rounded is not None:
-        rounded = _start_from(model, rounded, d, c)
-        if _better(model, rounded, start):
-            start = rounded
+    start = None if rounded is None else _start_from(model, rounded, d, c)
+    # The greedy start can only do better where the rounding leaves units missing.
+    if start is None or _missing(model, start) > 0.5:
+        greedy = _start_from(model, _greedy_start(p, d, c, model), d, c)
+        if start is None or _better(model, greedy, start):
+            start = greedy
     run = _solve_model(
         p,
         d,
