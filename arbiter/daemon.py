@@ -15,8 +15,12 @@
    unfinished;
 6. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
    then lets the running job finish (a migration stops between two recorded steps),
-   releases the lease and returns 0. SIGHUP re-reads policies and workloads: an
-   invalid change is refused and the running set stays.
+   closes the executor, releases the lease and returns 0. SIGHUP re-reads policies and
+   workloads: an invalid change is refused and the running set stays.
+
+Whatever stops it — a signal, a start that fails once the executor is built, an error —
+the executor is closed once, after the jobs that use it have stopped; a close that
+fails is logged and neither changes the exit code nor hides the error that stopped it.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class Daemon:
         self.notifier = Notifier()
         self.endpoint: Endpoint | None = None
         self.reconciler: Any = None
+        self.executor: Any = None
+        """The executor the reconciler drives, once built; closed when the daemon stops."""
         self.reconcile_stats: dict[str, float] = {}
         """Figures of this daemon's reconcile passes, exported on /metrics."""
         self.reload_requested = threading.Event()
@@ -297,6 +303,7 @@ class Daemon:
         executor = make_executor(
             conf.kind, self.clock, conf.options, origin=self.settings.origin_of
         )
+        self.executor = executor  # from here on, stopping closes it
         migrator = Migrator(self.store, executor, executor, self.clock, actor=self.name)
         daemon = self.settings.daemon
         if daemon.kill_switch_file is None:
@@ -453,6 +460,7 @@ class Daemon:
                 self.endpoint.stop()
             if self._scheduler is not None and self._scheduler.running:
                 self._scheduler.shutdown(wait=True)
+            self._close_executor()
             if self.is_leader:
                 try:
                     self.store.leases.release(LEADER_LEASE, self.name)
@@ -461,6 +469,23 @@ class Daemon:
             self.engine.dispose()
             self.log.info("stopped")
         return 0
+
+    def _close_executor(self) -> None:
+        """Close the executor (its connection pools, SDK clients), once. Replicas keep
+        running. A failure is logged: it must not replace the exit status or the error
+        the daemon is stopping on."""
+        executor, self.executor = self.executor, None
+        close = getattr(executor, "close", None)  # the dry-run executor holds nothing
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as exc:  # any SDK or transport error: the daemon still stops
+            self.log.warning(
+                "could not close the executor",
+                executor=getattr(executor, "name", type(executor).__name__),
+                error=str(exc),
+            )
 
     def _start(self, sources: dict[str, ConfiguredSource] | None, *, reconcile: bool) -> None:
         """Build the executor and the interruption sources (their options are checked

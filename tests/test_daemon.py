@@ -1,10 +1,13 @@
-"""The daemon's start-up: without a home directory, and with ``database.echo``."""
+"""The daemon's start-up (without a home directory, with ``database.echo``, failing on
+a bad option) and its shutdown (the executor closed once, however it stops)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import pwd
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from arbiter.catalog import load_catalog
 from arbiter.config import Settings, default_kill_switch_file, effective_settings, load_config
 from arbiter.daemon import LEADER_LEASE, Daemon
 from arbiter.errors import ConfigError, StoreError
+from arbiter.executors.dry_run import DryRunExecutor
+from arbiter.ports import SystemClock
 from arbiter.store.db import default_sqlite_path
 from arbiter.store.repositories import Store
 
@@ -148,3 +153,126 @@ def test_a_daemon_stopped_by_a_bad_option_does_not_keep_the_leader_lease(
     assert Store(engine).leases.get(LEADER_LEASE) is None
     fixed = daemon({"daemon": {"name": "host-a:2"}}, engine, store_url)
     assert fixed.try_lead() and fixed.is_leader
+
+
+# -- the executor is closed once, however the daemon stops ----------------------------
+
+
+class RecordingExecutor(DryRunExecutor):
+    """A dry-run executor that records each ``close()`` (and whether the daemon's jobs
+    were still scheduled then), and fails it when asked to."""
+
+    def __init__(self, daemon: Daemon, *, fail: bool = False) -> None:
+        super().__init__(SystemClock())
+        self.daemon = daemon
+        self.fail = fail
+        self.closed_while_scheduled: list[bool] = []
+
+    def close(self) -> None:
+        scheduler = self.daemon._scheduler
+        self.closed_while_scheduled.append(scheduler is not None and scheduler.running)
+        if self.fail:
+            raise OSError("connection pool already torn down")
+
+
+def recording_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: Engine,
+    url: str,
+    tmp_path: Path,
+    *,
+    fail_close: bool = False,
+    **settings: object,
+) -> tuple[Daemon, RecordingExecutor]:
+    d = daemon(
+        {
+            "daemon": {"kill_switch_file": str(tmp_path / "kill")},
+            "policies": {"paths": [], "workloads": []},
+            **settings,
+        },
+        engine,
+        url,
+    )
+    executor = RecordingExecutor(d, fail=fail_close)
+    monkeypatch.setattr("arbiter.executors.make_executor", lambda *a, **kw: executor)
+    return d, executor
+
+
+@pytest.fixture
+def sigterm_handlers() -> Iterator[None]:
+    """The daemon's own SIGTERM, SIGINT and SIGHUP handlers, restored afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.usefixtures("sigterm_handlers")
+def test_a_daemon_stopped_by_sigterm_closes_its_executor_once_after_its_jobs_stopped(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, executor = recording_daemon(monkeypatch, engine, store_url, tmp_path)
+    d.install_signal_handlers()
+    assert d.run(on_ready=lambda: os.kill(os.getpid(), signal.SIGTERM)) == 0
+    assert executor.closed_while_scheduled == [False]
+
+
+def test_a_daemon_whose_start_fails_after_building_its_executor_closes_it_once(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    """An interruption source refusing its options stops the start after the executor
+    was built: the error is what the daemon raises, and the executor is closed."""
+    bad_source = {
+        "kind": "aws-sqs",
+        "options": {
+            "queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/spot",
+            "wait_seconds": 21,
+        },
+    }
+    d, executor = recording_daemon(
+        monkeypatch, engine, store_url, tmp_path, interruptions={"sqs": bad_source}
+    )
+    with pytest.raises(ConfigError, match="wait_seconds"):
+        run_until_ready(d)
+    assert executor.closed_while_scheduled == [False]
+
+
+def test_a_daemon_stopped_by_an_error_while_running_closes_its_executor_once(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, executor = recording_daemon(monkeypatch, engine, store_url, tmp_path)
+
+    def fail() -> None:
+        raise RuntimeError("readiness callback failed")
+
+    with pytest.raises(RuntimeError, match="readiness callback failed"):
+        d.run(on_ready=fail)
+    assert executor.closed_while_scheduled == [False]
+
+
+def test_an_executor_that_fails_to_close_is_logged_and_the_daemon_still_exits_0(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, executor = recording_daemon(monkeypatch, engine, store_url, tmp_path, fail_close=True)
+    with capture_logs() as logs:
+        assert run_until_ready(d) == 0
+    assert executor.closed_while_scheduled == [False]
+    (failed,) = [e for e in logs if e["event"] == "could not close the executor"]
+    assert failed["log_level"] == "warning" and failed["executor"] == "dry-run"
+    assert failed["error"] == "connection pool already torn down"
+    assert [e["event"] for e in logs][-1] == "stopped"
+    assert Store(engine).leases.get(LEADER_LEASE) is None, "the lease is released all the same"
+
+
+def test_an_executor_that_fails_to_close_does_not_mask_the_error_that_stopped_the_start(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, executor = recording_daemon(monkeypatch, engine, store_url, tmp_path, fail_close=True)
+
+    def fail() -> None:
+        raise RuntimeError("readiness callback failed")
+
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="readiness callback failed"):
+        d.run(on_ready=fail)
+    assert executor.closed_while_scheduled == [False]
+    assert [e for e in logs if e["event"] == "could not close the executor"]
