@@ -1627,6 +1627,7 @@ def _lp_start(
     cost, _ = _penalised(model)
     h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), cost)
     h.setOptionValue("solve_relaxation", True)
+    h.setOptionValue("presolve", "off")  # HiGHS's presolve costs more than it saves on these LPs
     h.run()
     seconds = float(h.getRunTime())
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -2073,6 +2074,7 @@ def _rounded_start(
     cost, penalty = _penalised(model)
     h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), cost)
     h.setOptionValue("solve_relaxation", True)
+    h.setOptionValue("presolve", "off")  # HiGHS's presolve costs more than it saves on these LPs
     h.run()
     seconds = float(h.getRunTime())
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal or seconds >= time_limit:
@@ -2151,6 +2153,7 @@ def _fewest_by_lp(model: _Model, start: FloatArray, time_limit: float) -> tuple[
     h = _highs(model, time_limit=time_limit, mip_rel_gap=0.0)
     _count_missing(h, model)
     h.setOptionValue("solve_relaxation", True)
+    h.setOptionValue("presolve", "off")  # HiGHS's presolve costs more than it saves on these LPs
     h.run()
     seconds = float(h.getRunTime())
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
