@@ -2279,8 +2279,9 @@ def solve(
 ) -> Solution:
     """The cheapest placement of every workload's replicas (see the module docstring).
 
-    ``time_limit`` bounds HiGHS's run time in seconds across all solves; a placement
-    found by then is returned with ``time_limited=True``. HiGHS stops when the gap is
+    ``time_limit`` bounds HiGHS's run time in seconds across all solves (shared by
+    the parts as they run, see :class:`_TimeShare`); a placement found by then is
+    returned with ``time_limited=True``. HiGHS stops when the gap is
     within ``mip_rel_gap`` of the cost or within ``mip_abs_gap`` (USD/h) of it,
     whichever comes first. ``reduce=False`` solves the unreduced problem (every given
     column). ``threads``: independent parts solved at once (the result is the same).
@@ -2331,7 +2332,11 @@ def solve(
 class _TimeShare:
     """The time limit shared by the parts: each part, as it starts, gets the time
     not yet spent in proportion to its size among the parts not yet done (a part
-    that finishes early leaves its time to the others). Thread-safe."""
+    that finishes early leaves its time to the others), but at least
+    :data:`_PART_SECONDS` or half the time left, whichever is less: a small part
+    beside a large one must not be cut off at its size's sliver of the limit. So the
+    parts' run times may add up to somewhat more than the limit when small parts are
+    slow. Thread-safe."""
 
     def __init__(self, seconds: float, size: float) -> None:
         self._left, self._size = seconds, size
@@ -2339,7 +2344,8 @@ class _TimeShare:
 
     def take(self, size: float) -> float:
         with self._lock:
-            return max(self._left * size / max(self._size, size), 1e-3)
+            share = self._left * size / max(self._size, size)
+            return max(share, min(_PART_SECONDS, self._left / 2), 1e-3)
 
     def spent(self, size: float, seconds: float) -> None:
         with self._lock:
@@ -2431,6 +2437,8 @@ def _parts(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> list[IntA
 
 _PART_COLUMNS = 300
 """Columns of independent workload groups solved together in one MILP."""
+_PART_SECONDS = 2.0
+"""The least time a part is given (if half the time left is more)."""
 
 
 @dataclass(frozen=True)

@@ -697,3 +697,12 @@ def test_with_spot_cells_merged_the_solver_still_finds_the_brute_force_optimum(
     units, cost = solver_score(p, s)
     assert units == best[0]
     assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_out_of_time_every_part_still_keeps_every_rule(p: Problem) -> None:
+    with patch.object(solver, "_PART_COLUMNS", 1), patch.object(solver, "_PART_SECONDS", 0.0):
+        s = solve(p, time_limit=1e-3)
+    check(p, s)
+    assert s.optimal or s.time_limited
