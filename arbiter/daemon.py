@@ -15,12 +15,15 @@
    unfinished;
 6. runs its jobs on an APScheduler background scheduler until SIGTERM or SIGINT,
    then lets the running job finish (a migration stops between two recorded steps),
-   closes the executor, releases the lease and returns 0. SIGHUP re-reads policies and
-   workloads: an invalid change is refused and the running set stays.
+   closes the executor and the sources, releases the lease and returns 0. SIGHUP
+   re-reads policies and workloads: an invalid change is refused and the running set
+   stays.
 
-Whatever stops it — a signal, a start that fails once the executor is built, an error —
-the executor is closed once, after the jobs that use it have stopped; a close that
-fails is logged and neither changes the exit code nor hides the error that stopped it.
+Whatever stops it — a signal, a store it refuses, a start that fails part way, an
+error — the executor, each interruption source built and each market-data source
+handed to :meth:`Daemon.run` is closed once, after the jobs that use them have stopped;
+a close that fails is logged and neither keeps the others open, changes the exit code
+nor hides the error that stopped it.
 """
 
 from __future__ import annotations
@@ -108,6 +111,10 @@ class Daemon:
         self.reconciler: Any = None
         self.executor: Any = None
         """The executor the reconciler drives, once built; closed when the daemon stops."""
+        self.interruption_sources: list[Any] = []
+        """The interruption sources built so far; closed when the daemon stops."""
+        self.sources: dict[str, ConfiguredSource] = {}
+        """The market-data sources handed to :meth:`run`; closed when it returns."""
         self.reconcile_stats: dict[str, float] = {}
         """Figures of this daemon's reconcile passes, exported on /metrics."""
         self.reload_requested = threading.Event()
@@ -384,6 +391,7 @@ class Daemon:
 
         for name, conf in configs.items():
             source = build_interruption_source(conf.kind, name, conf.options, origin=conf.origin)
+            self.interruption_sources.append(source)  # from here on, stopping closes it
             self._scheduler.add_job(
                 poll,
                 "interval",
@@ -439,15 +447,16 @@ class Daemon:
         on_ready: Callable[[], None] | None = None,
         reconcile: bool = True,
     ) -> int:
-        if self.settings.database.echo:
-            echo_sql()
-        self.prepare_store()
-        self.try_lead()
-        # From here on the lease may be ours: whatever stops the start (an executor or an
-        # interruption source refusing its options, a port in use) releases it below
-        # rather than leaving it held until it expires.
+        self.sources = dict(sources or {})  # the daemon's from here on: closed below
         try:
-            self._start(sources, reconcile=reconcile)
+            if self.settings.database.echo:
+                echo_sql()
+            self.prepare_store()
+            # From here on the lease may be ours: whatever stops the start (an executor or
+            # an interruption source refusing its options, a port in use) releases it
+            # below rather than leaving it held until it expires.
+            self.try_lead()
+            self._start(self.sources, reconcile=reconcile)
             if on_ready:
                 on_ready()
             while not self.stopping.wait(timeout=1.0):
@@ -461,6 +470,7 @@ class Daemon:
             if self._scheduler is not None and self._scheduler.running:
                 self._scheduler.shutdown(wait=True)
             self._close_executor()
+            self._close_sources()
             if self.is_leader:
                 try:
                     self.store.leases.release(LEADER_LEASE, self.name)
@@ -472,20 +482,33 @@ class Daemon:
 
     def _close_executor(self) -> None:
         """Close the executor (its connection pools, SDK clients), once. Replicas keep
-        running. A failure is logged: it must not replace the exit status or the error
-        the daemon is stopping on."""
+        running."""
         executor, self.executor = self.executor, None
-        close = getattr(executor, "close", None)  # the dry-run executor holds nothing
+        name = getattr(executor, "name", type(executor).__name__)
+        self._close("executor", executor, executor=name)
+
+    def _close_sources(self) -> None:
+        """Close the interruption sources (SQS and EC2 clients, metadata HTTP clients,
+        Kubernetes API pools) and the market-data sources (SDK and HTTP clients), each
+        once: a failing one does not keep the others open."""
+        interruptions, self.interruption_sources = self.interruption_sources, []
+        for source in interruptions:
+            self._close("interruption source", source, source=source.name)
+        sources, self.sources = self.sources, {}
+        for name, configured in sources.items():
+            self._close("market-data source", configured.adapter, source=name)
+
+    def _close(self, what: str, holder: Any, **names: str) -> None:
+        """Call ``holder.close()`` if it has one (the dry-run executor and the replay
+        source hold nothing). A failure is logged: it must not replace the exit status
+        or the error the daemon is stopping on."""
+        close = getattr(holder, "close", None)
         if close is None:
             return
         try:
             close()
         except Exception as exc:  # any SDK or transport error: the daemon still stops
-            self.log.warning(
-                "could not close the executor",
-                executor=getattr(executor, "name", type(executor).__name__),
-                error=str(exc),
-            )
+            self.log.warning(f"could not close the {what}", error=str(exc), **names)
 
     def _start(self, sources: dict[str, ConfiguredSource] | None, *, reconcile: bool) -> None:
         """Build the executor and the interruption sources (their options are checked

@@ -1,5 +1,6 @@
 """The daemon's start-up (without a home directory, with ``database.echo``, failing on
-a bad option) and its shutdown (the executor closed once, however it stops)."""
+a bad option) and its shutdown (the executor and the sources closed once, however it
+stops)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,17 @@ from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
 from arbiter.catalog import load_catalog
-from arbiter.config import Settings, default_kill_switch_file, effective_settings, load_config
+from arbiter.config import (
+    Settings,
+    SourceConfig,
+    default_kill_switch_file,
+    effective_settings,
+    load_config,
+)
 from arbiter.daemon import LEADER_LEASE, Daemon
 from arbiter.errors import ConfigError, StoreError
 from arbiter.executors.dry_run import DryRunExecutor
+from arbiter.polling import ConfiguredSource
 from arbiter.ports import SystemClock
 from arbiter.store.db import default_sqlite_path
 from arbiter.store.repositories import Store
@@ -276,3 +284,150 @@ def test_an_executor_that_fails_to_close_does_not_mask_the_error_that_stopped_th
         d.run(on_ready=fail)
     assert executor.closed_while_scheduled == [False]
     assert [e for e in logs if e["event"] == "could not close the executor"]
+
+
+# -- the interruption and market-data sources are closed once, however it stops --------
+
+
+class ClosingSource:
+    """An interruption or market-data source that finds nothing and records each
+    ``close()`` (and whether the daemon's jobs were still scheduled then), failing it
+    when asked to."""
+
+    def __init__(self, daemon: Daemon, name: str, *, fail: bool = False) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.fail = fail
+        self.closed_while_scheduled: list[bool] = []
+
+    def poll(self, now: object) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        scheduler = self.daemon._scheduler
+        self.closed_while_scheduled.append(scheduler is not None and scheduler.running)
+        if self.fail:
+            raise OSError(f"{self.name}: connection pool already torn down")
+
+
+TWO_INTERRUPTION_SOURCES = {
+    "imds": {"kind": "aws-imds"},
+    "gce": {"kind": "gcp-metadata"},
+}
+
+
+def interruption_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: Engine,
+    url: str,
+    tmp_path: Path,
+    *,
+    failing_close: tuple[str, ...] = (),
+    refused: str | None = None,
+) -> tuple[Daemon, dict[str, ClosingSource]]:
+    """A daemon watching two interruption sources; ``refused`` names one whose options
+    are refused as it is built (the sources are built in the configuration's order)."""
+    d, _ = recording_daemon(
+        monkeypatch, engine, url, tmp_path, interruptions=TWO_INTERRUPTION_SOURCES
+    )
+    built: dict[str, ClosingSource] = {}
+
+    def build(kind: str, name: str, options: object, **_: object) -> ClosingSource:
+        if name == refused:
+            raise ConfigError("bad option", source=f"interruptions.{name}", key="options")
+        built[name] = ClosingSource(d, name, fail=name in failing_close)
+        return built[name]
+
+    monkeypatch.setattr("arbiter.interruptions.build_interruption_source", build)
+    return d, built
+
+
+def test_a_stopping_daemon_closes_each_interruption_source_once_after_its_jobs_stopped(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, built = interruption_daemon(monkeypatch, engine, store_url, tmp_path)
+    assert run_until_ready(d) == 0
+    assert {name: s.closed_while_scheduled for name, s in built.items()} == {
+        "imds": [False],
+        "gce": [False],
+    }
+
+
+def test_a_start_stopped_by_an_interruption_source_closes_those_built_before_it(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, built = interruption_daemon(monkeypatch, engine, store_url, tmp_path, refused="gce")
+    with pytest.raises(ConfigError, match="bad option"):
+        run_until_ready(d)
+    assert {name: s.closed_while_scheduled for name, s in built.items()} == {"imds": [False]}
+
+
+def test_an_interruption_source_that_fails_to_close_is_logged_and_the_others_still_close(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, built = interruption_daemon(
+        monkeypatch, engine, store_url, tmp_path, failing_close=("imds",)
+    )
+    with capture_logs() as logs:
+        assert run_until_ready(d) == 0
+    assert built["gce"].closed_while_scheduled == [False]
+    (failed,) = [e for e in logs if e["event"] == "could not close the interruption source"]
+    assert failed["log_level"] == "warning" and failed["source"] == "imds"
+    assert failed["error"] == "imds: connection pool already torn down"
+    assert Store(engine).leases.get(LEADER_LEASE) is None, "the lease is released all the same"
+
+
+def market_sources(
+    d: Daemon, *, failing_close: tuple[str, ...] = ()
+) -> dict[str, ConfiguredSource]:
+    return {
+        name: ConfiguredSource(
+            name,
+            SourceConfig(kind="static-carbon", interval=3600),
+            ClosingSource(d, name, fail=name in failing_close),
+        )
+        for name in ("prices", "carbon")
+    }
+
+
+def closes_of(sources: dict[str, ConfiguredSource]) -> dict[str, list[bool]]:
+    return {name: s.adapter.closed_while_scheduled for name, s in sources.items()}
+
+
+def test_a_stopping_daemon_closes_each_market_data_source_it_ran_once_after_its_jobs_stopped(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, _ = recording_daemon(monkeypatch, engine, store_url, tmp_path)
+    sources = market_sources(d)
+    assert d.run(sources, on_ready=d.stopping.set) == 0
+    assert closes_of(sources) == {"prices": [False], "carbon": [False]}
+
+
+def test_a_market_data_source_that_fails_to_close_is_logged_and_the_others_still_close(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, _ = recording_daemon(monkeypatch, engine, store_url, tmp_path)
+    sources = market_sources(d, failing_close=("prices",))
+    with capture_logs() as logs:
+        assert d.run(sources, on_ready=d.stopping.set) == 0
+    assert closes_of(sources) == {"prices": [False], "carbon": [False]}
+    (failed,) = [e for e in logs if e["event"] == "could not close the market-data source"]
+    assert failed["log_level"] == "warning" and failed["source"] == "prices"
+    assert failed["error"] == "prices: connection pool already torn down"
+
+
+def test_market_data_sources_are_closed_when_the_store_check_stops_the_daemon(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    """The sources handed to ``run`` are the daemon's from then on: a store it refuses
+    (an out-of-date schema) closes them too."""
+    d, _ = recording_daemon(monkeypatch, engine, store_url, tmp_path)
+    sources = market_sources(d)
+
+    def out_of_date() -> None:
+        raise StoreError("the database schema is out of date: run `arbiter db upgrade`")
+
+    monkeypatch.setattr(d, "prepare_store", out_of_date)
+    with pytest.raises(StoreError, match="out of date"):
+        d.run(sources, on_ready=d.stopping.set)
+    assert closes_of(sources) == {"prices": [False], "carbon": [False]}
