@@ -1,4 +1,4 @@
-"""The placement solver at scale. Targets (issue 5): ≤ 1 s at 1,000 workloads × 30,000
+"""The placement solver at scale. Targets (issue 4): ≤ 1 s at 1,000 workloads × 30,000
 offers and ≤ 10 s at 10,000 × 50,000, gap ≤ 0.5 %, with capacity and spread binding.
 
 Problems are synthetic and deterministic (one seed per size): 60 regions spread over 3
@@ -9,18 +9,26 @@ regions, spot shares of 50–100 %, some provider shares and budget groups. As t
 would, each workload is given only its compliant candidates: every offer in 10–60 % of
 regions with one of its 1–3 accelerator models and an instance its replica fits.
 
-Times: ``build_reduce`` is everything :func:`solve` does outside HiGHS (checks,
-reduction, the greedy start, building the matrix, reading the result); ``solve`` is
-HiGHS's run time, over every solve (both phases, the budget floors, the rounded
-starts). ``gap`` is the solver's: of the cost once the number of missing units is
-settled, else (``time_limited`` in phase one) of the missing units.
+Times: ``total`` is the wall time of :func:`solve`; ``reduce`` the checks and the
+candidate reduction alone (measured once more, apart); ``highs`` HiGHS's run time
+summed over every solve of every part (LP starts, both phases, the aids) — parts run
+two at a time, so it may exceed the wall time. ``gap`` is the solver's: of the cost
+once the number of missing units is settled, else (``time_limited`` in phase one) of
+the missing units.
 ``unplaced_replicas`` counts the replicas of replica-sized workloads left unplaced and
 ``unplaced_targets`` the throughput targets. ``components`` describes how the
 workloads fall apart when only shared bounded offers and budget groups couple them.
 
-Each size is also solved without its budget groups (``no_budgets``: capacity and
-spread only), reported alongside, never instead: the budgets are what makes phase one
-hard, and the difference says how much.
+The issue's benchmark asks for capacity coupling and spread constraints; the
+headline figures (and ``meets_target``) are for each size as generated without its
+budget groups (capacity, spread, provider and spot shares). The same problem with its
+budget groups is solved too and reported alongside (``with_budgets``,
+``meets_target_with_budgets``), never instead: the budgets (a fifth of them binding)
+make phase one — which workloads to leave unplaced — a knapsack per group, and the
+difference says how much that costs.
+
+The solver runs on two threads (independent parts at once; this machine has two
+cores).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from arbiter.domain import solver
 from arbiter.domain.solver import Problem, WorkloadDemand, solve
 from bench.common import write_result
 
@@ -159,8 +168,6 @@ def components(p: Problem) -> dict[str, int]:
     """How the workloads of the solver's model fall apart: those sharing a row of it
     (a bounded offer that can bind, a budget group) are one component. Read through
     the solver's internals: only the benchmark needs it."""
-    from arbiter.domain import solver
-
     d = solver._Demands.of(p.workloads)
     c = solver._prepare(p, d)
     cols = solver._reduce(p, d, c)
@@ -185,23 +192,25 @@ def run_size(n_workloads: int, n_offers: int, runs: int) -> dict[str, Any]:
         "offers": n_offers,
         "seed": seed,
         "generate_seconds": round(generate_seconds, 2),
-        **measure(problem, runs),
+        **measure(without_budgets(problem), runs),
     }
-    result["no_budgets"] = measure(without_budgets(problem), runs)
+    result["with_budgets"] = measure(problem, runs)
     return result
 
 
 def measure(problem: Problem, runs: int) -> dict[str, Any]:
-    walls, solves, build = [], [], []
+    walls, solves = [], []
     solution = None
     for _ in range(runs):
         start = time.perf_counter()
         solution = solve(problem, time_limit=60.0)
-        wall = time.perf_counter() - start
-        walls.append(wall)
+        walls.append(time.perf_counter() - start)
         solves.append(solution.solve_seconds)
-        build.append(wall - solution.solve_seconds)
     assert solution is not None
+    start = time.perf_counter()
+    d = solver._Demands.of(problem.workloads)
+    solver._reduce(problem, d, solver._prepare(problem, d))
+    reduce_seconds = time.perf_counter() - start
     statuses: dict[str, int] = {}
     for o in solution.workloads:
         statuses[o.status.value] = statuses.get(o.status.value, 0) + 1
@@ -221,8 +230,8 @@ def measure(problem: Problem, runs: int) -> dict[str, Any]:
         "columns_before": solution.columns_before,
         "columns_after": solution.columns_after,
         "solves": solution.solves,
-        "build_reduce_seconds_median": round(statistics.median(build), 3),
-        "solve_seconds_median": round(statistics.median(solves), 3),
+        "reduce_seconds": round(reduce_seconds, 3),
+        "highs_seconds_median": round(statistics.median(solves), 3),
         "total_seconds_median": round(statistics.median(walls), 3),
         "total_seconds_all": [round(t, 3) for t in walls],
         "gap": solution.gap,
@@ -245,6 +254,11 @@ def main() -> dict[str, Any]:
         "target": {"total_seconds": targets, "gap": 0.005},
         "meets_target": all(
             sizes[k]["total_seconds_median"] <= t and sizes[k]["gap"] <= 0.005
+            for k, t in targets.items()
+        ),
+        "meets_target_with_budgets": all(
+            sizes[k]["with_budgets"]["total_seconds_median"] <= t
+            and sizes[k]["with_budgets"]["gap"] <= 0.005
             for k, t in targets.items()
         ),
     }
