@@ -23,7 +23,9 @@ Whatever stops it — a signal, a store it refuses, a start that fails part way,
 error — the executor, each interruption source built and each market-data source
 handed to :meth:`Daemon.run` is closed once, after the jobs that use them have stopped;
 a close that fails is logged and neither keeps the others open, changes the exit code
-nor hides the error that stopped it.
+nor hides the error that stopped it. The same holds for every shutdown step (telling
+systemd, stopping the HTTP endpoint and the scheduler, releasing the lease): each runs
+whichever failed before it.
 """
 
 from __future__ import annotations
@@ -464,21 +466,46 @@ class Daemon:
                     self.reload_requested.clear()
                     self.reload_policies()
         finally:
-            self.notifier.stopping()
-            if self.endpoint is not None:
-                self.endpoint.stop()
-            if self._scheduler is not None and self._scheduler.running:
-                self._scheduler.shutdown(wait=True)
-            self._close_executor()
-            self._close_sources()
-            if self.is_leader:
-                try:
-                    self.store.leases.release(LEADER_LEASE, self.name)
-                except StoreError as exc:
-                    self.log.warning("could not release lease", error=str(exc))
-            self.engine.dispose()
-            self.log.info("stopped")
+            self._shut_down()
         return 0
+
+    def _shut_down(self) -> None:
+        """Stop in order: tell systemd, stop the HTTP endpoint, stop the scheduler
+        (letting the running job finish), close the executor and the sources, release
+        the lease, dispose of the engine. Every step runs whichever failed before it: a
+        failure is logged ("shutdown step failed", naming the step) and neither changes
+        the exit status nor replaces the error the daemon is stopping on."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("tell systemd", self.notifier.stopping),
+            ("stop the HTTP endpoint", self._stop_endpoint),
+            ("stop the scheduler", self._stop_scheduler),
+            ("close the executor", self._close_executor),
+            ("close the sources", self._close_sources),
+            ("release the lease", self._release_lease),
+            ("dispose of the engine", self.engine.dispose),
+        ]
+        for step, take in steps:
+            try:
+                take()
+            except Exception as exc:  # the next steps still run; the caller's error stands
+                self.log.error("shutdown step failed", step=step, error=str(exc))
+        self.log.info("stopped")
+
+    def _stop_endpoint(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+
+    def _stop_scheduler(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+
+    def _release_lease(self) -> None:
+        if not self.is_leader:
+            return
+        try:
+            self.store.leases.release(LEADER_LEASE, self.name)
+        except StoreError as exc:
+            self.log.warning("could not release lease", error=str(exc))
 
     def _close_executor(self) -> None:
         """Close the executor (its connection pools, SDK clients), once. Replicas keep

@@ -9,7 +9,7 @@ import os
 import pwd
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -431,3 +431,120 @@ def test_market_data_sources_are_closed_when_the_store_check_stops_the_daemon(
     with pytest.raises(StoreError, match="out of date"):
         d.run(sources, on_ready=d.stopping.set)
     assert closes_of(sources) == {"prices": [False], "carbon": [False]}
+
+
+# -- every shutdown step runs, whichever failed before it -------------------------------
+
+
+STEP_ERRORS = {
+    "tell systemd": "notifier: no such socket",
+    "stop the HTTP endpoint": "endpoint: socket already closed",
+    "stop the scheduler": "scheduler: executor already shut down",
+    "release the lease": "lease: driver error",
+}
+"""Shutdown step → the error its broken version raises."""
+
+
+class FailingEndpoint:
+    """An HTTP endpoint whose ``stop()`` fails."""
+
+    def stop(self) -> None:
+        raise OSError(STEP_ERRORS["stop the HTTP endpoint"])
+
+
+def break_notifier(monkeypatch: pytest.MonkeyPatch, d: Daemon) -> None:
+    def stopping() -> bool:
+        raise OSError(STEP_ERRORS["tell systemd"])
+
+    monkeypatch.setattr(d.notifier, "stopping", stopping)
+
+
+def break_endpoint(monkeypatch: pytest.MonkeyPatch, d: Daemon) -> None:
+    d.endpoint = FailingEndpoint()  # type: ignore[assignment]
+
+
+def break_scheduler(monkeypatch: pytest.MonkeyPatch, d: Daemon) -> None:
+    """The scheduler stops its jobs, then its shutdown raises."""
+    shutdown = d._scheduler.shutdown
+
+    def failing(wait: bool = True) -> None:
+        shutdown(wait=wait)
+        raise RuntimeError(STEP_ERRORS["stop the scheduler"])
+
+    monkeypatch.setattr(d._scheduler, "shutdown", failing)
+
+
+def break_lease(monkeypatch: pytest.MonkeyPatch, d: Daemon) -> None:
+    def release(name: str, holder: str) -> None:
+        raise RuntimeError(STEP_ERRORS["release the lease"])
+
+    monkeypatch.setattr(d.store.leases, "release", release)
+
+
+BROKEN_STEPS = {
+    "tell systemd": break_notifier,
+    "stop the HTTP endpoint": break_endpoint,
+    "stop the scheduler": break_scheduler,
+    "release the lease": break_lease,
+}
+"""Shutdown step → how to make it raise, once the daemon has started."""
+
+
+def started_with_a_broken_step(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, url: str, tmp_path: Path, step: str
+) -> tuple[Daemon, RecordingExecutor, dict[str, ConfiguredSource], Callable[[], None]]:
+    """A daemon, its executor, its market-data sources, and an ``on_ready`` that
+    breaks ``step``."""
+    d, executor = recording_daemon(monkeypatch, engine, url, tmp_path)
+    sources = market_sources(d)
+
+    def on_ready() -> None:
+        BROKEN_STEPS[step](monkeypatch, d)
+
+    return d, executor, sources, on_ready
+
+
+@pytest.mark.parametrize("step", list(BROKEN_STEPS))
+def test_a_failing_shutdown_step_is_logged_and_every_later_step_still_runs(
+    step: str, monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, executor, sources, broken = started_with_a_broken_step(
+        monkeypatch, engine, store_url, tmp_path, step
+    )
+
+    def on_ready() -> None:
+        broken()
+        d.stopping.set()
+
+    with capture_logs() as logs:
+        assert d.run(sources, on_ready=on_ready) == 0, "a signal's stop still exits 0"
+    (failed,) = [e for e in logs if e["event"] == "shutdown step failed"]
+    assert failed["log_level"] == "error" and failed["step"] == step
+    assert failed["error"] == STEP_ERRORS[step]
+    assert not d._scheduler.running
+    assert executor.closed_while_scheduled == [False]
+    assert closes_of(sources) == {"prices": [False], "carbon": [False]}
+    if step != "release the lease":
+        assert Store(engine).leases.get(LEADER_LEASE) is None
+    assert [e["event"] for e in logs][-1] == "stopped"
+
+
+@pytest.mark.parametrize("step", list(BROKEN_STEPS))
+def test_a_failing_shutdown_step_does_not_replace_the_error_that_stopped_the_daemon(
+    step: str, monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    d, executor, sources, broken = started_with_a_broken_step(
+        monkeypatch, engine, store_url, tmp_path, step
+    )
+
+    def on_ready() -> None:
+        broken()
+        raise RuntimeError("readiness callback failed")
+
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="readiness callback failed"):
+        d.run(sources, on_ready=on_ready)
+    assert [e["step"] for e in logs if e["event"] == "shutdown step failed"] == [step]
+    assert executor.closed_while_scheduled == [False]
+    assert closes_of(sources) == {"prices": [False], "carbon": [False]}
+    if step != "release the lease":
+        assert Store(engine).leases.get(LEADER_LEASE) is None
