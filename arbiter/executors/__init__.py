@@ -7,7 +7,7 @@ imported only when chosen, so the CLI never pays for the Kubernetes or cloud SDK
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 EXECUTORS: dict[str, str] = {
@@ -49,3 +49,24 @@ def make_executor(
         if origin is None or exc.key is None or not exc.key.startswith("executor."):
             raise
         raise ConfigError(exc.message, source=origin(exc.key), key=exc.key) from exc
+
+
+def close_each(executor: str, closes: Iterable[tuple[str, Callable[[], object]]]) -> None:
+    """Call every ``(what, close)`` of ``closes``, each even when one before it raised:
+    one client failing to close must not leave the others open. Then, if any failed,
+    raise one :class:`~arbiter.errors.ExecutorError` naming each (``could not close
+    WHAT: ERROR; WHAT: ERROR``), chained from the first; the daemon logs it and stops
+    all the same."""
+    from arbiter.errors import ExecutorError
+
+    failures: list[tuple[str, Exception]] = []
+    for what, close in closes:
+        try:
+            close()
+        except Exception as exc:  # any SDK or transport error: close the rest first
+            failures.append((what, exc))
+    if failures:
+        # a part that reported its own failures as this executor's: not named twice
+        named = [(what, str(exc).removeprefix(f"{executor}: ")) for what, exc in failures]
+        detail = "; ".join(f"{what}: {error}" for what, error in named)
+        raise ExecutorError(f"could not close {detail}", executor=executor) from failures[0][1]

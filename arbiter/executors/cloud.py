@@ -61,7 +61,7 @@ import hashlib
 import math
 import string
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -542,14 +542,20 @@ class CloudExecutor:
         return [p for p, s in zip(Provider, sections, strict=True) if s is not None]
 
     def close(self) -> None:
+        """Close every backend's clients and the health-check HTTP client, all of them
+        even when one fails; ExecutorError naming each failure afterwards."""
+        from arbiter.executors import close_each
+
         with self._lock:
-            backends = list(self._backends.values())
+            backends = dict(self._backends)
             self._backends.clear()
             http, self._http = self._http, None
-        for backend in backends:
-            backend.close()
+        closes: list[tuple[str, Callable[[], object]]] = [
+            (f"the {provider} backend", backend.close) for provider, backend in backends.items()
+        ]
         if http is not None:
-            http.close()
+            closes.append(("the health-check HTTP client", http.close))
+        close_each(self.name, closes)
 
     def __enter__(self) -> CloudExecutor:
         return self

@@ -145,11 +145,19 @@ class GcpVms:
         return self._credentials
 
     def close(self) -> None:
+        """Close every client's transport, all of them even when one fails."""
+        from arbiter.executors import close_each
+
         with self._lock:
-            clients = list(self._clients.values())
+            clients = dict(self._clients)
             self._clients.clear()
-        for client in clients:
-            client.transport.close()
+        close_each(
+            EXECUTOR,
+            [
+                (f"the Compute Engine {kind.replace('_', ' ')} client", client.transport.close)
+                for kind, client in clients.items()
+            ],
+        )
 
     # -- VmBackend -------------------------------------------------------------------
 

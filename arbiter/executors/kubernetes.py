@@ -573,9 +573,20 @@ class KubernetesExecutor:
         return out
 
     def close(self) -> None:
-        """Close the clients' connection pools."""
-        for api in {id(c.api): c.api for c in self._clusters.values()}.values():
-            api.close()  # type: ignore[no-untyped-call]
+        """Close the clients' connection pools, every one even when one fails;
+        ExecutorError naming each failure afterwards."""
+        from arbiter.executors import close_each
+
+        sharing: dict[int, list[_Cluster]] = {}  # regions may share a client
+        for cluster in self._clusters.values():
+            sharing.setdefault(id(cluster.api), []).append(cluster)
+        close_each(
+            self.name,
+            [
+                (f"the API client of {', '.join(c.where for c in clusters)}", clusters[0].api.close)
+                for clusters in sharing.values()
+            ],
+        )
 
     def _template(self, workload: str) -> TemplateOptions:
         return self.options.templates.get(workload, self.options.template)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import tests.executors.contract as contract
-from arbiter.domain.market import Offer
+from arbiter.domain.market import Offer, Provider
 from arbiter.errors import ConfigError, ExecutorError
 from arbiter.executors import make_executor
 from arbiter.executors.cloud import CloudExecutor
@@ -137,6 +137,78 @@ def test_weights_are_recorded_but_in_flight_requests_are_unknown() -> None:
     assert executor.weights("chat") == {"chat@a": 3}
     assert executor.in_flight("chat", "chat@a") is None
     executor.close()
+
+
+# -- closing -------------------------------------------------------------------------
+
+
+class ClosingBackend:
+    """A cloud backend that records its ``close()`` and fails it when asked to."""
+
+    def __init__(self, provider: Provider, *, fail: bool) -> None:
+        self.provider = provider
+        self.fail = fail
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        if self.fail:
+            raise OSError(f"{self.provider} pool already torn down")
+
+
+def executor_with_backends(
+    monkeypatch: pytest.MonkeyPatch, *failing: Provider
+) -> tuple[CloudExecutor, dict[Provider, ClosingBackend]]:
+    """A cloud executor that has used a backend on every cloud and its health-check
+    HTTP client."""
+    executor = CloudExecutor(FakeClock(START), GCP_ONLY)
+    built: dict[Provider, ClosingBackend] = {}
+
+    def build(provider: Provider) -> ClosingBackend:
+        built[provider] = ClosingBackend(provider, fail=provider in failing)
+        return built[provider]
+
+    monkeypatch.setattr(executor, "_build_backend", build)
+    for provider in Provider:
+        executor.backend(provider)
+    executor._http_client()
+    return executor, built
+
+
+def test_close_closes_every_backend_and_the_http_client_though_one_backend_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executor, backends = executor_with_backends(monkeypatch, Provider.AWS)
+    http = executor._http_client()
+    with pytest.raises(ExecutorError) as caught:
+        executor.close()
+    assert {p: b.closes for p, b in backends.items()} == {p: 1 for p in Provider}
+    assert http.is_closed
+    assert str(caught.value) == "cloud: could not close the aws backend: aws pool already torn down"
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_close_reports_every_failure_chained_from_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executor, backends = executor_with_backends(monkeypatch, Provider.AWS, Provider.AZURE)
+    with pytest.raises(ExecutorError) as caught:
+        executor.close()
+    assert {p: b.closes for p, b in backends.items()} == {p: 1 for p in Provider}
+    assert str(caught.value) == (
+        "cloud: could not close the aws backend: aws pool already torn down; "
+        "the azure backend: azure pool already torn down"
+    )
+    assert str(caught.value.__cause__) == "aws pool already torn down"
+
+
+def test_close_without_failures_raises_nothing_and_a_second_close_does_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executor, backends = executor_with_backends(monkeypatch)
+    executor.close()
+    executor.close()
+    assert {p: b.closes for p, b in backends.items()} == {p: 1 for p in Provider}
 
 
 # -- the contract across clouds: one executor, offers on GCP and Azure -------------

@@ -360,3 +360,33 @@ def test_missing_application_default_credentials_are_an_executor_error_saying_ho
     with pytest.raises(ExecutorError, match="no usable Google credentials") as caught:
         make(gcp={"anonymous": False}).ensure(WORKLOAD, GCP_A, 1)
     assert "GOOGLE_APPLICATION_CREDENTIALS" in str(caught.value)
+
+
+# -- closing ------------------------------------------------------------------------------
+
+
+def test_closing_the_backend_closes_every_client_though_one_fails(
+    make: Callable[..., CloudExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = make().backend("gcp")
+    instances, regions = backend._client("instances"), backend._client("regions")  # type: ignore[attr-defined]
+    closed: list[str] = []
+
+    def failing_close() -> None:
+        closed.append("instances")
+        raise OSError("session already closed")
+
+    regions_close = regions.transport.close
+
+    def recording_close() -> None:
+        closed.append("regions")
+        regions_close()
+
+    monkeypatch.setattr(instances.transport, "close", failing_close)
+    monkeypatch.setattr(regions.transport, "close", recording_close)
+    with pytest.raises(ExecutorError) as caught:
+        backend.close()
+    assert closed == ["instances", "regions"]
+    assert str(caught.value) == (
+        "cloud: could not close the Compute Engine instances client: session already closed"
+    )

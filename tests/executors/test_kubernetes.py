@@ -608,6 +608,37 @@ def test_the_registry_builds_it_by_name(rig: Rig) -> None:
         executor.close()
 
 
+def test_close_closes_every_clusters_client_though_one_fails(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failing client does not leave the other's connection pool open; the failure
+    is reported once all were tried."""
+    executor = rig.restart()
+    east, west = (executor._clusters[o.region_key].api for o in (A, B))
+    closed: list[str] = []
+
+    def failing_close() -> None:
+        closed.append("east")
+        raise OSError("pool already torn down")
+
+    west_close = west.close
+
+    def recording_close() -> None:
+        closed.append("west")
+        west_close()  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(east, "close", failing_close)
+    monkeypatch.setattr(west, "close", recording_close)
+    with pytest.raises(ExecutorError) as caught:
+        executor.close()
+    assert sorted(closed) == ["east", "west"]
+    assert str(caught.value) == (
+        f"kubernetes: could not close the API client of {A.region_key} (context east): "
+        "pool already torn down"
+    )
+    assert isinstance(caught.value.__cause__, OSError)
+
+
 # -- names --------------------------------------------------------------------------
 
 
