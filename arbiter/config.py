@@ -134,6 +134,9 @@ class StoreConfig(_Section):
     retention: Seconds = 400 * 86400.0
     """Price and capacity levels last seen longer ago than this are deleted (the newest
     level of every series is always kept). Carbon readings likewise, by their hour."""
+    migration_retention: Seconds = 90 * 86400.0
+    """Migrations finished (done, rolled back, failed) longer ago than this are deleted
+    with their events; never an unfinished one, nor a workload's last one."""
 
 
 class HttpConfig(_Section):

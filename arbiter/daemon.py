@@ -9,7 +9,7 @@
    stands by and takes over when the leader's lease expires), and releases it if the
    start fails after that (an executor or interruption source refusing its options);
 4. polls each market-data source on its own interval and jitter (leader only), and
-   applies the store's retention every 6 hours;
+   applies the store's retention every 6 hours (market history, finished migrations);
 5. reconciles (leader only, :mod:`arbiter.reconcile`): decide, plan, and drive
    migrations through the configured executor — resuming any a previous leader left
    unfinished;
@@ -253,15 +253,26 @@ class Daemon:
         self.notifier.watchdog()
 
     def prune(self) -> None:
+        """Apply retention (leader only): market history older than ``store.retention``,
+        migrations finished longer ago than ``store.migration_retention``."""
         if not self.is_leader:
             return
-        cutoff = self.clock.now() - timedelta(seconds=self.settings.store.retention)
+        now = self.clock.now()
+        retention = self.settings.store
+        cutoff = now - timedelta(seconds=retention.retention)
+        migrations_cutoff = now - timedelta(seconds=retention.migration_retention)
         try:
             removed = self.store.prune(cutoff)
+            removed |= self.store.migrations.prune(migrations_cutoff)
         except StoreError as exc:
             self.log.error("retention failed", error=str(exc))
             return
-        self.log.info("retention applied", cutoff=cutoff.isoformat(), **removed)
+        self.log.info(
+            "retention applied",
+            cutoff=cutoff.isoformat(),
+            migrations_cutoff=migrations_cutoff.isoformat(),
+            **removed,
+        )
 
     def reconcile(self) -> None:
         """One reconcile pass (leader only; a standby never acts)."""

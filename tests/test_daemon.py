@@ -1,6 +1,6 @@
 """The daemon's start-up (without a home directory, with ``database.echo``, failing on
-a bad option) and its shutdown (the executor and the sources closed once, however it
-stops)."""
+a bad option), its shutdown (the executor and the sources closed once, however it
+stops, every step run whichever failed) and its retention of finished migrations."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pwd
 import re
 import signal
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,11 @@ from arbiter.config import (
     load_config,
 )
 from arbiter.daemon import LEADER_LEASE, Daemon
+from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.errors import ConfigError, StoreError
 from arbiter.executors.dry_run import DryRunExecutor
 from arbiter.polling import ConfiguredSource
-from arbiter.ports import SystemClock
+from arbiter.ports import FakeClock, SystemClock
 from arbiter.store.db import default_sqlite_path
 from arbiter.store.repositories import Store
 
@@ -548,3 +550,50 @@ def test_a_failing_shutdown_step_does_not_replace_the_error_that_stopped_the_dae
     assert closes_of(sources) == {"prices": [False], "carbon": [False]}
     if step != "release the lease":
         assert Store(engine).leases.get(LEADER_LEASE) is None
+
+
+# -- retention ---------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def finished_migration(store: Store, key: str, days: float) -> None:
+    """A rolled-back migration of ``chat``, started and finished ``days`` after T0."""
+    at = T0 + timedelta(days=days)
+    m = Migration(
+        id=key,
+        workload="chat",
+        source=(),
+        target=(),
+        reason="saves $1.00/h",
+        created_at=at,
+        updated_at=at,
+    )
+    store.migrations.create(m)
+    store.migrations.advance(m, MigrationState.ROLLED_BACK, at=at, reason="cancelled")
+
+
+def test_retention_deletes_migrations_finished_longer_ago_than_store_migration_retention(
+    engine: Engine, store_url: str
+) -> None:
+    store = Store(engine)
+    finished_migration(store, "m-old", 5)
+    finished_migration(store, "m-recent", 15)
+    finished_migration(store, "m-last", 20)
+    settings = Settings.model_validate(
+        {"http": {"enabled": False}, "store": {"migration_retention": "30d"}}
+    )
+    d = Daemon(
+        settings, engine, CATALOG, database_url=store_url, clock=FakeClock(T0 + timedelta(days=40))
+    )
+    assert d.try_lead()
+    with capture_logs() as logs:
+        d.prune()
+    assert [m.id for m in store.migrations.recent()] == ["m-last", "m-recent"]
+    (applied,) = [e for e in logs if e["event"] == "retention applied"]
+    assert (applied["migrations"], applied["migration_events"]) == (1, 2)
+    assert applied["migrations_cutoff"] == (T0 + timedelta(days=10)).isoformat()
+
+
+def test_migrations_are_kept_90_days_by_default() -> None:
+    assert Settings().store.migration_retention == 90 * 86400

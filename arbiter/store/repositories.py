@@ -571,6 +571,44 @@ class MigrationRepository:
             )
             return [self._from_row(row) for row in rows]
 
+    def prune(self, finished_before: datetime, *, batch: int = 500) -> dict[str, int]:
+        """Apply retention: delete the migrations that finished (done, rolled back,
+        failed) before ``finished_before``, with their events — never an unfinished one,
+        and never a workload's last started one, however old (cooldown and waves read
+        it, and ``arbiter status``). At most ``batch`` migrations per transaction, so a
+        table grown for years is emptied without holding its locks throughout.
+
+        Returns how many migrations and events were deleted."""
+        m, me = t.migrations, t.migration_events
+        later = m.alias("later")
+        superseded = (
+            select(later.c.seq)
+            .where(later.c.workload == m.c.workload, later.c.seq > m.c.seq)
+            .exists()
+        )
+        expired = (
+            select(m.c.id)
+            .where(
+                m.c.state.in_([s.value for s in MigrationState if s.finished]),
+                m.c.updated_at < finished_before,
+                superseded,
+            )
+            .order_by(m.c.seq)
+            .limit(batch)
+        )
+        removed = {"migrations": 0, "migration_events": 0}
+        while True:
+            with translate_errors("pruning migrations"), self._engine.begin() as conn:
+                ids = list(conn.execute(expired).scalars())
+                if not ids:
+                    return removed
+                events = conn.execute(delete(me).where(me.c.migration_id.in_(ids))).rowcount
+                gone = conn.execute(delete(m).where(m.c.id.in_(ids))).rowcount
+            removed["migration_events"] += int(events or 0)
+            removed["migrations"] += int(gone or 0)
+            if len(ids) < batch:
+                return removed
+
     def events(self, migration_id: str) -> list[MigrationEvent]:
         """The migration's steps in the order they were recorded (not by ``at``: a clock
         that stepped back must not reorder the timeline)."""

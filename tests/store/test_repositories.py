@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from arbiter.catalog import load_catalog
 from arbiter.domain.decisions import Decision
@@ -320,6 +322,102 @@ def test_each_workloads_last_started_migration_is_read_in_one_query(store: Store
 
 def test_no_workload_has_a_last_migration_in_an_empty_store(store: Store) -> None:
     assert store.migrations.latest_per_workload() == {}
+
+
+# -- migration retention ---------------------------------------------------------
+
+TO_DONE = (
+    MigrationState.PROVISIONING,
+    MigrationState.WARMING,
+    MigrationState.SHIFTING,
+    MigrationState.DRAINING,
+    MigrationState.RELEASING,
+    MigrationState.DONE,
+)
+PATHS = {
+    MigrationState.DONE: TO_DONE,
+    MigrationState.ROLLED_BACK: (MigrationState.ROLLED_BACK,),
+    MigrationState.FAILED: (MigrationState.FAILED,),
+    MigrationState.PROVISIONING: (MigrationState.PROVISIONING,),
+    MigrationState.PLANNED: (),
+}
+
+
+def started(store: Store, key: str, workload: str, days: float, state: MigrationState) -> None:
+    """Migration ``key`` of ``workload``, started ``days`` after T0 and brought to
+    ``state`` then (every step an event)."""
+    at = T0 + timedelta(days=days)
+    m = migration().model_copy(
+        update={"id": key, "workload": workload, "created_at": at, "updated_at": at}
+    )
+    store.migrations.create(m)
+    for step in PATHS[state]:
+        m = store.migrations.advance(m, step, at=at, reason=f"to {step}")
+
+
+def test_retention_deletes_finished_migrations_and_their_events_but_never_a_workloads_last(
+    store: Store,
+) -> None:
+    """Done, rolled back and failed migrations that finished before the cutoff go, with
+    their events; an unfinished one stays however old, and so does each workload's last
+    started one (cooldown, waves and ``arbiter status`` read it) and any finished since."""
+    started(store, "chat-1", "chat-api", 0, MigrationState.DONE)
+    started(store, "chat-2", "chat-api", 1, MigrationState.ROLLED_BACK)
+    started(store, "chat-3", "chat-api", 2, MigrationState.FAILED)
+    started(store, "chat-4", "chat-api", 3, MigrationState.DONE)  # its last: kept
+    started(store, "train-1", "train", 0, MigrationState.PROVISIONING)  # unfinished: kept
+    started(store, "train-2", "train", 4, MigrationState.DONE)  # its last: kept
+    started(store, "batch-1", "batch", 150, MigrationState.DONE)  # finished since: kept
+    started(store, "batch-2", "batch", 151, MigrationState.PLANNED)
+    last = store.migrations.latest_per_workload()
+
+    removed = store.migrations.prune(T0 + timedelta(days=100))
+
+    assert removed == {"migrations": 3, "migration_events": 7 + 2 + 2}
+    kept = ["batch-2", "batch-1", "train-2", "train-1", "chat-4"]
+    assert [m.id for m in store.migrations.recent()] == kept
+    for gone in ("chat-1", "chat-2", "chat-3"):
+        assert store.migrations.get(gone) is None
+        assert store.migrations.events(gone) == []
+    assert len(store.migrations.events("chat-4")) == 7, "a kept migration keeps its events"
+    assert store.migrations.latest_per_workload() == last
+    assert [m.id for m in store.migrations.unfinished()] == ["train-1", "batch-2"]
+    assert store.migrations.prune(T0 + timedelta(days=100)) == {
+        "migrations": 0,
+        "migration_events": 0,
+    }
+
+
+def test_retention_keeps_a_workloads_last_migration_however_old_whatever_its_state(
+    store: Store,
+) -> None:
+    for state in (MigrationState.DONE, MigrationState.ROLLED_BACK, MigrationState.FAILED):
+        started(store, f"{state}-1", str(state).replace("_", "-"), 0, state)
+    removed = store.migrations.prune(T0 + timedelta(days=10_000))
+    assert removed == {"migrations": 0, "migration_events": 0}
+    assert len(store.migrations.recent()) == 3
+
+
+def test_retention_deletes_migrations_in_bounded_batches(store: Store) -> None:
+    """Each transaction deletes at most ``batch`` migrations, so a first prune of a
+    table grown for years does not hold its locks for the whole of it."""
+    for i in range(5):
+        started(store, f"chat-{i}", "chat-api", i, MigrationState.ROLLED_BACK)
+    started(store, "chat-last", "chat-api", 5, MigrationState.DONE)
+    deleted: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM MIGRATIONS "):
+            deleted.append(cursor.rowcount)
+
+    event.listen(store.engine, "after_cursor_execute", count)
+    try:
+        removed = store.migrations.prune(T0 + timedelta(days=30), batch=2)
+    finally:
+        event.remove(store.engine, "after_cursor_execute", count)
+    assert removed == {"migrations": 5, "migration_events": 10}
+    assert deleted == [2, 2, 1]
+    assert [m.id for m in store.migrations.recent()] == ["chat-last"]
 
 
 def test_decisions_round_trip_with_their_explanation(store: Store) -> None:
