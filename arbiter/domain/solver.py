@@ -1685,7 +1685,10 @@ def _lp_start(
         x, spent = _place_rest(p, d, c, model, cs, x, rest, time_limit=time_limit - seconds)
         seconds += spent
     x = _greedy_start(p, d, c, model, kept=x)
-    return _improve(p, d, c, model, x, cs), seconds
+    # The workloads the LP placed whole stay as it placed them (its optimum given
+    # the others); the rounded and the rest are searched.
+    whole = ~frac_w & ~rest
+    return _improve(p, d, c, model, x, cs, ~whole), seconds
 
 
 def _place_rest(
@@ -1730,14 +1733,21 @@ _START_GAP = 0.001
 
 
 def _improve(
-    p: Problem, d: _Demands, c: _Candidates, model: _Model, x: FloatArray, cs: _Columns
+    p: Problem,
+    d: _Demands,
+    c: _Candidates,
+    model: _Model,
+    x: FloatArray,
+    cs: _Columns,
+    which: BoolArray,
 ) -> FloatArray:
-    """A local search on a start, workload by workload: drop a replica of a
-    throughput target, or move one to a cheaper column, while the workload's rules,
-    the room and the budget allow; the best move first, until none helps."""
+    """A local search on a start, workload by workload (those ``which``): drop a
+    replica of a throughput target, or move one to a cheaper column, while the
+    workload's rules, the room and the budget allow; the best move first, until none
+    helps."""
     x = x.copy()
     free, left = cs.room(p, d, c, x)
-    for w in range(len(d.replicas)):
+    for w in np.flatnonzero(which).tolist():
         mine = cs.of[w]
         placed = {j: int(x[j]) for j in mine if x[j] > 0.5}
         if not placed:
