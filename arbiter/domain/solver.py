@@ -62,13 +62,14 @@ knapsack whose LP bound is a fraction of a replica off, and branching closes the
 group at a time.
 
 **Start.** Each phase starts from a placement: a greedy one (each workload in turn on
-the cheapest columns with room and budget left, within its rules) or the rounding
-of the LP relaxation when it is better (whole workloads kept, the others rounded
-within their rules, the rest placed by a small MILP, then a local search:
-:func:`_lp_start`), improved when a phase is not settled quickly by fixing the
-workloads the LP relaxation places whole and solving the rest, which fall apart
-into small independent groups, as small MILPs (:func:`_rounded_start`); for phase two,
-RINS around phase one's placement (which ignores cost). Only starts, checked before
+the cheapest columns with room and budget left, within its rules) or, for a part with
+throughput targets, the rounding of the LP relaxation when it is better (whole
+workloads kept, the others rounded within their rules, the rest placed by a small
+MILP, then a local search: :func:`_lp_start`), improved when a phase is not settled
+quickly by fixing the workloads the LP relaxation places whole and solving the rest,
+which fall apart into small independent groups, as small MILPs
+(:func:`_rounded_start`); for phase two, RINS around phase one's placement (which
+ignores cost). Only starts, checked before
 use: the solve is as exact as without them, but HiGHS's own heuristics find such
 placements only after its root cut loop, which on large problems is most of the time.
 The floors and the starts come in only when a phase is not settled by half a second
@@ -2373,11 +2374,16 @@ def _solve_part(
     mip_rel_gap: float,
     mip_abs_gap: float,
 ) -> tuple[_Model, _Run]:
-    """One part's model and its solve, from the better of the greedy start and the
-    LP rounding."""
+    """One part's model and its solve, from the better of the greedy start and (for
+    a part with throughput targets) the LP rounding."""
     model = _build(p, d, c, cols)
-    rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
-    start = None if rounded is None else _start_from(model, rounded, d, c)
+    # The greedy start is near the optimum for replica counts; throughput targets it
+    # overshoots (cheapest tokens first, whole replicas), so those get the rounding.
+    start: FloatArray | None = None
+    lp_seconds = 0.0
+    if d.throughput_sized[c.workload[cols]].any():
+        rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
+        start = None if rounded is None else _start_from(model, rounded, d, c)
     # The greedy start can only do better where the rounding leaves units missing.
     if start is None or _missing(model, start) > 0.5:
         greedy = _start_from(model, _greedy_start(p, d, c, model), d, c)
