@@ -28,7 +28,7 @@ Each error carries its data as attributes, not only in its message, so callers
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class ArbiterError(Exception):
@@ -53,6 +53,29 @@ def unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ";"
     return f"unknown {what} {name!r}{hint} known: {', '.join(choices)}"
+
+
+def close_all(
+    closes: Iterable[tuple[str, Callable[[], object]]],
+    error: Callable[[str], ArbiterError],
+    *,
+    owner: str = "",
+) -> None:
+    """Call every ``(what, close)`` of ``closes``, each even when one before it raised:
+    one client failing to close must not leave the others open. Then, if any failed,
+    raise ``error("could not close WHAT: ERROR; WHAT: ERROR")`` naming each, chained
+    from the first failure. A failure already reported as ``OWNER: ...`` (a part
+    reporting as its owner) is not prefixed with ``owner`` twice."""
+    failures: list[tuple[str, Exception]] = []
+    for what, close in closes:
+        try:
+            close()
+        except Exception as exc:  # any SDK or transport error: close the rest first
+            failures.append((what, exc))
+    if failures:
+        prefix = f"{owner}: " if owner else ""
+        detail = "; ".join(f"{what}: {str(exc).removeprefix(prefix)}" for what, exc in failures)
+        raise error(f"could not close {detail}") from failures[0][1]
 
 
 class CatalogError(ArbiterError):

@@ -16,7 +16,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from arbiter.errors import ConfigError
+from arbiter.errors import ArbiterError, ConfigError, close_all
 
 CREDENTIAL_ERRORS = (
     botocore.exceptions.NoCredentialsError,
@@ -108,8 +108,17 @@ class Clients:
             return self._clients[service, region]
 
     def close(self) -> None:
+        """Close every client made so far, each even when one before it fails; then, if
+        any failed, one ArbiterError naming each (``could not close the ec2 client of
+        us-east-1: ...; ...``), chained from the first. The owner's close passes it on:
+        the daemon logs it, the cloud executor names it as its aws backend's failure."""
         with self._lock:
-            clients = list(self._clients.values())
+            clients = dict(self._clients)
             self._clients.clear()
-        for client in clients:
-            client.close()
+        close_all(
+            [
+                (f"the {service} client of {region}", client.close)
+                for (service, region), client in clients.items()
+            ],
+            ArbiterError,
+        )

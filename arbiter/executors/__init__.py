@@ -56,17 +56,8 @@ def close_each(executor: str, closes: Iterable[tuple[str, Callable[[], object]]]
     one client failing to close must not leave the others open. Then, if any failed,
     raise one :class:`~arbiter.errors.ExecutorError` naming each (``could not close
     WHAT: ERROR; WHAT: ERROR``), chained from the first; the daemon logs it and stops
-    all the same."""
-    from arbiter.errors import ExecutorError
+    all the same. (:func:`arbiter.errors.close_all`, for the executor.)"""
+    from arbiter.errors import ExecutorError, close_all
 
-    failures: list[tuple[str, Exception]] = []
-    for what, close in closes:
-        try:
-            close()
-        except Exception as exc:  # any SDK or transport error: close the rest first
-            failures.append((what, exc))
-    if failures:
-        # a part that reported its own failures as this executor's: not named twice
-        named = [(what, str(exc).removeprefix(f"{executor}: ")) for what, exc in failures]
-        detail = "; ".join(f"{what}: {error}" for what, error in named)
-        raise ExecutorError(f"could not close {detail}", executor=executor) from failures[0][1]
+    # a part that reported its own failures as this executor's: not named twice
+    close_all(closes, lambda message: ExecutorError(message, executor=executor), owner=executor)

@@ -475,3 +475,35 @@ def test_a_region_without_an_image_is_an_executor_error_naming_the_option(
     offer = AWS_A.model_copy(update={"region": "eu-west-1"})
     with pytest.raises(ExecutorError, match=r"executor.options.aws.image_ids.eu-west-1"):
         make().ensure(WORKLOAD, offer, 1)
+
+
+# -- closing ------------------------------------------------------------------------------
+
+
+def test_closing_the_backend_closes_every_regions_client_though_one_fails(
+    make: Callable[..., CloudExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = make()
+    backend = executor.backend("aws")
+    east, west = backend.client("us-east-1"), backend.client("us-west-2")  # type: ignore[attr-defined]
+    closed: list[str] = []
+
+    def failing_close() -> None:
+        closed.append("us-east-1")
+        raise OSError("pool already torn down")
+
+    west_close = west.close
+
+    def recording_close() -> None:
+        closed.append("us-west-2")
+        west_close()
+
+    monkeypatch.setattr(east, "close", failing_close)
+    monkeypatch.setattr(west, "close", recording_close)
+    with pytest.raises(ExecutorError) as caught:
+        executor.close()
+    assert closed == ["us-east-1", "us-west-2"]
+    assert str(caught.value) == (
+        "cloud: could not close the aws backend: could not close the ec2 client of us-east-1: "
+        "pool already torn down"
+    )
