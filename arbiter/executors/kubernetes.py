@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -545,20 +545,27 @@ class KubernetesExecutor:
 
     @classmethod
     def _connect(cls, options: KubernetesOptions) -> dict[str, _Cluster]:
-        """One client per distinct (kubeconfig, context); regions may share one."""
+        """One client per distinct (kubeconfig, context); regions may share one.
+
+        When a cluster cannot be reached (a ConfigError, or anything else) that error is
+        what is raised, after every client made so far was closed: one failing to close
+        is logged and neither replaces it nor leaves the others open."""
         clients: dict[tuple[Path | None, str | None], k8s.ApiClient] = {}
+        users: dict[tuple[Path | None, str | None], list[str]] = {}  # names in messages
         out: dict[str, _Cluster] = {}
         try:
             for region_key, cluster in options.clusters.items():
                 connection = (cluster.kubeconfig, cluster.context)
+                named = f"context {cluster.context}" if cluster.context else cluster.kubeconfig
+                where = f"{region_key} ({named})"
                 if connection not in clients:
                     clients[connection] = cls._client(region_key, cluster)
+                users.setdefault(connection, []).append(where)
                 api = clients[connection]
                 provider = Provider(region_key.partition(":")[0])
-                named = f"context {cluster.context}" if cluster.context else cluster.kubeconfig
                 out[region_key] = _Cluster(
                     region_key=region_key,
-                    where=f"{region_key} ({named})",
+                    where=where,
                     namespace=cluster.namespace,
                     capacity_labels=cluster.capacity_labels or DEFAULT_CAPACITY_LABELS[provider],
                     api=api,
@@ -566,26 +573,34 @@ class KubernetesExecutor:
                     core=k8s.CoreV1Api(api),
                     custom=k8s.CustomObjectsApi(api),
                 )
-        except ConfigError:
-            for api in clients.values():
-                api.close()  # type: ignore[no-untyped-call]
+        except Exception:
+            try:
+                cls._close_clients(
+                    (", ".join(users[connection]), api) for connection, api in clients.items()
+                )
+            except ExecutorError as exc:  # the error that stopped the start is the one to fix
+                structlog.get_logger("arbiter").bind(
+                    component="executor", executor=cls.name
+                ).warning("could not close the clients of a failed start", error=str(exc))
             raise
         return out
+
+    @classmethod
+    def _close_clients(cls, clients: Iterable[tuple[str, k8s.ApiClient]]) -> None:
+        """Close each ``(used by, client)``'s connection pool, every one even when one
+        fails; ExecutorError naming each failure afterwards."""
+        from arbiter.executors import close_each
+
+        close_each(cls.name, [(f"the API client of {where}", api.close) for where, api in clients])
 
     def close(self) -> None:
         """Close the clients' connection pools, every one even when one fails;
         ExecutorError naming each failure afterwards."""
-        from arbiter.executors import close_each
-
         sharing: dict[int, list[_Cluster]] = {}  # regions may share a client
         for cluster in self._clusters.values():
             sharing.setdefault(id(cluster.api), []).append(cluster)
-        close_each(
-            self.name,
-            [
-                (f"the API client of {', '.join(c.where for c in clusters)}", clusters[0].api.close)
-                for clusters in sharing.values()
-            ],
+        self._close_clients(
+            (", ".join(c.where for c in clusters), clusters[0].api) for clusters in sharing.values()
         )
 
     def _template(self, workload: str) -> TemplateOptions:

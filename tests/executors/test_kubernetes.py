@@ -600,6 +600,47 @@ def test_a_missing_kubeconfig_file_is_a_config_error(rig: Rig, tmp_path: Path) -
     assert caught.value.key == "executor.options.clusters.aws:us-east-1.kubeconfig"
 
 
+def test_a_config_error_while_connecting_closes_every_client_made_and_is_what_is_raised(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The east client failing to close neither replaces the config error (the third
+    cluster's missing kubeconfig) nor leaves the west client open; it is logged."""
+    options = json.loads(json.dumps(rig.options))
+    options["clusters"]["azure:eastus"] = {"kubeconfig": str(tmp_path / "absent")}
+    closed: list[str] = []
+    real_client = KubernetesExecutor._client
+
+    def client(region_key: str, cluster: Any) -> Any:
+        api = real_client(region_key, cluster)
+        real_close = api.close
+
+        def close() -> None:
+            closed.append(region_key)
+            real_close()
+            if region_key == A.region_key:
+                raise OSError("pool already torn down")
+
+        monkeypatch.setattr(api, "close", close)
+        return api
+
+    monkeypatch.setattr(KubernetesExecutor, "_client", staticmethod(client))
+    with (
+        capture_logs() as logs,
+        pytest.raises(ConfigError, match="no kubeconfig file at") as caught,
+    ):
+        KubernetesExecutor(rig.clock, options)
+    assert caught.value.key == "executor.options.clusters.azure:eastus.kubeconfig"
+    assert closed == [A.region_key, B.region_key]
+    assert [(e["event"], e["log_level"], e["error"]) for e in logs] == [
+        (
+            "could not close the clients of a failed start",
+            "warning",
+            f"kubernetes: could not close the API client of {A.region_key} (context east): "
+            "pool already torn down",
+        )
+    ]
+
+
 def test_the_registry_builds_it_by_name(rig: Rig) -> None:
     executor = make_executor("kubernetes", rig.clock, rig.options)
     try:
