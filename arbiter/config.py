@@ -137,6 +137,8 @@ class StoreConfig(_Section):
     migration_retention: Seconds = 90 * 86400.0
     """Migrations finished (done, rolled back, failed) longer ago than this are deleted
     with their events; never an unfinished one, nor a workload's last one."""
+    decision_retention: Seconds = 90 * 86400.0
+    """Decisions decided longer ago than this are deleted; never a workload's latest."""
 
 
 class HttpConfig(_Section):

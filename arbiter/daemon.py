@@ -9,7 +9,8 @@
    stands by and takes over when the leader's lease expires), and releases it if the
    start fails after that (an executor or interruption source refusing its options);
 4. polls each market-data source on its own interval and jitter (leader only), and
-   applies the store's retention every 6 hours (market history, finished migrations);
+   applies the store's retention every 6 hours (market history, finished migrations,
+   old decisions);
 5. reconciles (leader only, :mod:`arbiter.reconcile`): decide, plan, and drive
    migrations through the configured executor — resuming any a previous leader left
    unfinished;
@@ -254,16 +255,19 @@ class Daemon:
 
     def prune(self) -> None:
         """Apply retention (leader only): market history older than ``store.retention``,
-        migrations finished longer ago than ``store.migration_retention``."""
+        migrations finished longer ago than ``store.migration_retention``, decisions
+        older than ``store.decision_retention`` (each workload's latest stays)."""
         if not self.is_leader:
             return
         now = self.clock.now()
         retention = self.settings.store
         cutoff = now - timedelta(seconds=retention.retention)
         migrations_cutoff = now - timedelta(seconds=retention.migration_retention)
+        decisions_cutoff = now - timedelta(seconds=retention.decision_retention)
         try:
             removed = self.store.prune(cutoff)
             removed |= self.store.migrations.prune(migrations_cutoff)
+            removed |= self.store.decisions.prune(decisions_cutoff)
         except StoreError as exc:
             self.log.error("retention failed", error=str(exc))
             return
@@ -271,6 +275,7 @@ class Daemon:
             "retention applied",
             cutoff=cutoff.isoformat(),
             migrations_cutoff=migrations_cutoff.isoformat(),
+            decisions_cutoff=decisions_cutoff.isoformat(),
             **removed,
         )
 

@@ -1,6 +1,7 @@
 """The daemon's start-up (without a home directory, with ``database.echo``, failing on
 a bad option), its shutdown (the executor and the sources closed once, however it
-stops, every step run whichever failed) and its retention of finished migrations."""
+stops, every step run whichever failed) and its retention of finished migrations and old
+decisions."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from arbiter.config import (
     load_config,
 )
 from arbiter.daemon import LEADER_LEASE, Daemon
+from arbiter.domain.decisions import Decision
 from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.errors import ConfigError, StoreError
 from arbiter.executors.dry_run import DryRunExecutor
@@ -597,3 +599,42 @@ def test_retention_deletes_migrations_finished_longer_ago_than_store_migration_r
 
 def test_migrations_are_kept_90_days_by_default() -> None:
     assert Settings().store.migration_retention == 90 * 86400
+
+
+def decision(store: Store, key: str, days: float) -> None:
+    """A decision about ``chat``, decided ``days`` after T0."""
+    store.decisions.record(
+        Decision(
+            id=key,
+            workload="chat",
+            decided_at=T0 + timedelta(days=days),
+            snapshot_id=f"snap-{key}",
+            unplaceable_reasons=("no offer passes the policy",),
+        )
+    )
+
+
+def test_retention_deletes_decisions_older_than_store_decision_retention(
+    engine: Engine, store_url: str
+) -> None:
+    store = Store(engine)
+    decision(store, "d-old", 5)
+    decision(store, "d-recent", 15)
+    decision(store, "d-last", 0)  # the latest recorded, however old
+    settings = Settings.model_validate(
+        {"http": {"enabled": False}, "store": {"decision_retention": "30d"}}
+    )
+    d = Daemon(
+        settings, engine, CATALOG, database_url=store_url, clock=FakeClock(T0 + timedelta(days=40))
+    )
+    assert d.try_lead()
+    with capture_logs() as logs:
+        d.prune()
+    assert [x.id for x in store.decisions.recent()] == ["d-last", "d-recent"]
+    (applied,) = [e for e in logs if e["event"] == "retention applied"]
+    assert applied["decisions"] == 1
+    assert applied["decisions_cutoff"] == (T0 + timedelta(days=10)).isoformat()
+
+
+def test_decisions_are_kept_90_days_by_default() -> None:
+    assert Settings().store.decision_retention == 90 * 86400

@@ -693,6 +693,39 @@ class DecisionRepository:
             ).first()
         return None if row is None else Decision.model_validate(row.explanation)
 
+    def prune(self, before: datetime, *, batch: int = 500) -> dict[str, int]:
+        """Apply retention: delete the decisions decided before ``before`` — never a
+        workload's latest (its last recorded, by insertion order), however old: ``arbiter
+        decisions`` shows it and the reconciler records a new decision only when it
+        differs from it. At most ``batch`` decisions per transaction, so a table grown
+        for years is emptied without holding its locks throughout.
+
+        Returns how many decisions were deleted."""
+        d = t.decisions
+        later = d.alias("later")
+        superseded = (
+            select(later.c.seq)
+            .where(later.c.workload == d.c.workload, later.c.seq > d.c.seq)
+            .exists()
+        )
+        expired = (
+            select(d.c.seq)
+            .where(d.c.decided_at < before, superseded)
+            .order_by(d.c.seq)
+            .limit(batch)
+        )
+        removed = 0
+        while True:
+            with translate_errors("pruning decisions"), self._engine.begin() as conn:
+                seqs = list(conn.execute(expired).scalars())
+                if not seqs:
+                    break
+                gone = conn.execute(delete(d).where(d.c.seq.in_(seqs))).rowcount
+            removed += int(gone or 0)
+            if len(seqs) < batch:
+                break
+        return {"decisions": removed}
+
 
 @dataclass(frozen=True)
 class LatestCapacity:

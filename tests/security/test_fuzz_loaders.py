@@ -197,9 +197,9 @@ SECTIONS = ["database", "daemon", "logging", "catalog", "http", "store", "polici
 CONFIG_KEYS = [
     "url", "echo", "mode", "name", "lease_seconds", "tick_seconds", "reconcile_seconds",
     "migration_steps_per_tick", "workload_modes", "kill_switch_file", "level", "format",
-    "regions_file", "jurisdictions_files", "retention", "migration_retention", "host", "port",
-    "enabled", "paths", "workloads", "kind", "options", "interval", "jitter", "timeout",
-    "stale_after", "x",
+    "regions_file", "jurisdictions_files", "retention", "migration_retention",
+    "decision_retention", "host", "port", "enabled", "paths", "workloads", "kind", "options",
+    "interval", "jitter", "timeout", "stale_after", "x",
 ]  # fmt: skip
 TOML_SCALARS = st.one_of(
     st.booleans(),

@@ -473,6 +473,90 @@ def test_decisions_recorded_together_keep_the_order_they_were_given(store: Store
     assert [d.id for d in store.decisions.recent()] == ["d-2", "d-1", "d-3"]
 
 
+# -- decision retention ----------------------------------------------------------
+
+
+def decided(store: Store, key: str, workload: str, days: float) -> None:
+    """Decision ``key`` of ``workload``, decided ``days`` after T0 (recorded now, so
+    after every decision recorded before it whatever its date)."""
+    store.decisions.record(
+        Decision(
+            id=key,
+            workload=workload,
+            decided_at=T0 + timedelta(days=days),
+            snapshot_id=f"snap-{key}",
+            placements=(Placement(workload=workload, offer=A100_OD, replicas=1),),
+            usd_per_hour=3.67,
+        )
+    )
+
+
+def test_retention_deletes_old_decisions_but_never_a_workloads_latest(store: Store) -> None:
+    """Decisions decided before the cutoff go; each workload's latest stays however old
+    (``arbiter decisions`` shows it, the reconciler's change detection compares with
+    it), and so does every one decided since."""
+    decided(store, "chat-1", "chat-api", 0)
+    decided(store, "chat-2", "chat-api", 1)
+    decided(store, "chat-3", "chat-api", 150)  # decided since: kept
+    decided(store, "chat-4", "chat-api", 151)  # its latest: kept
+    decided(store, "train-1", "train", 0)
+    decided(store, "train-2", "train", 2)  # its latest, however old: kept
+    decided(store, "batch-1", "batch", 3)  # its only one: kept
+    latest = store.decisions.latest_all()
+
+    removed = store.decisions.prune(T0 + timedelta(days=100))
+
+    assert removed == {"decisions": 3}
+    kept = ["batch-1", "train-2", "chat-4", "chat-3"]
+    assert [d.id for d in store.decisions.recent()] == kept
+    assert store.decisions.latest_all() == latest
+    assert store.decisions.latest("train") == latest["train"]
+    assert store.decisions.prune(T0 + timedelta(days=100)) == {"decisions": 0}
+
+
+def test_retention_keeps_the_latest_recorded_decision_even_when_the_clock_stepped_back(
+    store: Store,
+) -> None:
+    """The latest is the last recorded (``seq``), not the newest ``decided_at``: after a
+    clock that stepped back, the one decided later but recorded earlier may go, the
+    latest stays."""
+    decided(store, "chat-1", "chat-api", 20)
+    decided(store, "chat-0", "chat-api", 10)  # recorded last, decided earlier
+    removed = store.decisions.prune(T0 + timedelta(days=30))
+    assert removed == {"decisions": 1}
+    assert [d.id for d in store.decisions.recent()] == ["chat-0"]
+    assert store.decisions.latest("chat-api").id == "chat-0"  # type: ignore[union-attr]
+
+
+def test_retention_keeps_every_workloads_only_decision_however_old(store: Store) -> None:
+    for workload in ("chat-api", "train", "batch"):
+        decided(store, f"{workload}-1", workload, 0)
+    assert store.decisions.prune(T0 + timedelta(days=10_000)) == {"decisions": 0}
+    assert len(store.decisions.recent()) == 3
+
+
+def test_retention_deletes_decisions_in_bounded_batches(store: Store) -> None:
+    """Each transaction deletes at most ``batch`` decisions, so a first prune of a table
+    grown for years does not hold its locks for the whole of it."""
+    for i in range(5):
+        decided(store, f"chat-{i}", "chat-api", i)
+    decided(store, "chat-last", "chat-api", 5)
+    deleted: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM DECISIONS "):
+            deleted.append(cursor.rowcount)
+
+    event.listen(store.engine, "after_cursor_execute", count)
+    try:
+        removed = store.decisions.prune(T0 + timedelta(days=30), batch=2)
+    finally:
+        event.remove(store.engine, "after_cursor_execute", count)
+    assert removed == {"decisions": 5}
+    assert deleted == [2, 2, 1]
+    assert [d.id for d in store.decisions.recent()] == ["chat-last"]
+
+
 # -- capacity, carbon, instance types, source status ----------------------------
 
 from arbiter.domain.market import (  # noqa: E402
