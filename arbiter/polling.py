@@ -157,6 +157,17 @@ class Poller:
                 result.instance_types = self.store.instance_types.upsert(types, now=now)
             if hasattr(adapter, "fetch_prices"):
                 since = self._last_price_poll.get(name)
+                if since is not None and since > now:
+                    # The clock stepped back: there are no changes since a time still to
+                    # come, and what happened since the last poll is unknown. Ask for
+                    # every current price, as a first poll does; the store takes them as
+                    # the newest, whatever their times (arbiter.store.changepoints).
+                    log.warning(
+                        "the clock went back since the last poll",
+                        last_poll=since.isoformat(),
+                        now=now.isoformat(),
+                    )
+                    since = None
                 quotes = fetch("prices", lambda: adapter.fetch_prices(since=since, now=now))
                 result.prices = self.store.prices.record(quotes)
                 self._last_price_poll[name] = now

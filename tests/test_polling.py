@@ -3,6 +3,7 @@ failure, marks a failing source degraded, and writes what sources return."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -158,6 +159,46 @@ def test_the_second_poll_asks_only_for_changes_since_the_first(store: Store) -> 
     market.prices.append(quote(29.0, T0 + timedelta(minutes=1)))
     result = poller.poll("fake")
     assert result.prices.inserted == 1 and result.prices.extended == 0
+
+
+class RecordedSince(FakeMarket):
+    """A market that notes the ``since`` of every price fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.since: list[datetime | None] = []
+
+    def fetch_prices(self, *, since: datetime | None, now: datetime) -> Sequence[PriceQuote]:
+        self.since.append(since)
+        return super().fetch_prices(since=since, now=now)
+
+
+def test_after_the_clock_stepped_back_every_current_price_is_asked_for_and_recorded(
+    store: Store,
+) -> None:
+    """Changes since the last poll's time, now in the future, would be none."""
+    market = RecordedSince()
+    market.prices = [quote(30.0, T0)]
+    poller = make_poller(store, market, Sleeps())
+    poller.poll("fake")
+    poller.clock.advance(-timedelta(minutes=10))  # type: ignore[attr-defined]
+    stepped_back = poller.clock.now()
+    market.prices = [quote(29.0, stepped_back)]
+    with capture_logs() as logs:
+        result = poller.poll("fake")
+    assert market.since == [None, None]
+    assert result.prices.inserted == 1
+    assert [p.usd_per_hour for p in store.prices.latest()] == [29.0]
+    assert [e for e in logs if e["event"] == "the clock went back since the last poll"] == [
+        {
+            "event": "the clock went back since the last poll",
+            "log_level": "warning",
+            "component": "poller",
+            "source": "fake",
+            "last_poll": T0.isoformat(),
+            "now": stepped_back.isoformat(),
+        }
+    ]
 
 
 def test_carbon_is_asked_for_the_zones_of_regions_with_offers(store: Store) -> None:

@@ -2,8 +2,18 @@
 level was first and last seen.
 
 For each observation, in time order per series: the same value as the newest row moves
-that row's ``last_seen``; a different value starts a new row; an observation older
-than the newest row's ``last_seen`` is ignored (history is never rewritten).
+that row's ``last_seen``; a different value starts a new row. An observation older than
+the newest row's ``last_seen`` is history the store has already passed (a provider
+sends the time a spot price changed again with every answer) and is ignored, unless it
+is the newest observation of its series in the batch. A batch is written after
+everything stored, so its newest observation of a series is the series' current value
+whatever the clock read; after the clock stepped back, every observation is older than
+what was stored before the step, and ignoring them would keep the old values until the
+clock caught up. Such an observation counts as seen at the newest row's ``last_seen``:
+the same value leaves the row as it is, a different value starts a new row at that
+time. A new row always begins after the row before it (a microsecond after, when they
+would begin at one time), so a series' newest row is the one that began last and
+history is never rewritten.
 
 Two writers implement these rules. On PostgreSQL the batch goes as one array per column
 to one set-based statement that finds every series' newest row, moves ``last_seen`` and
@@ -18,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, overload
 
 from sqlalchemy import (
@@ -39,6 +49,8 @@ from sqlalchemy.types import TypeEngine
 
 _CHUNK = 5000
 _UPDATE_CHUNK = 5000
+_AFTER = timedelta(microseconds=1)
+"""How long after the row before it a new row begins, at the least."""
 
 
 def member_of(conn: Connection, column: Column[Any], values: Sequence[Any]) -> Any:
@@ -60,7 +72,8 @@ class IngestStats:
     extended: int = 0
     """Unchanged values: only ``last_seen`` moved."""
     ignored: int = 0
-    """Observations older than what the store already has for that series."""
+    """Observations older than what the store already has for that series, each with a
+    newer one of that series in the batch."""
 
     def __add__(self, other: IngestStats) -> IngestStats:
         return IngestStats(
@@ -275,10 +288,18 @@ def _newest_levels_sql(
     same_series = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in series_columns)
     return (
         f"obs AS (SELECT s.*, h.id AS head_id, h.{q(value_column)} AS head_value, "
-        f"h.last_seen AS head_last_seen FROM {batch} LEFT JOIN LATERAL ("
-        f"SELECT t.id, t.{q(value_column)}, t.last_seen FROM {q(table.name)} AS t "
-        f"WHERE {same_series} ORDER BY t.first_seen DESC LIMIT 1) AS h ON true)"
+        f"h.first_seen AS head_first_seen, h.last_seen AS head_last_seen FROM {batch} "
+        f"LEFT JOIN LATERAL (SELECT t.id, t.{q(value_column)}, t.first_seen, t.last_seen "
+        f"FROM {q(table.name)} AS t WHERE {same_series} ORDER BY t.first_seen DESC LIMIT 1) "
+        f"AS h ON true)"
     )
+
+
+def _begins_sql(seen: str) -> str:
+    """SQL: when a new row begins whose value was seen at ``seen``: then, or a
+    microsecond after the newest stored row began (greatest() skips the NULLs of a
+    series with no stored row)."""
+    return f"greatest({seen}, head_first_seen + interval '1 microsecond')"
 
 
 def _one_per_series_sql(
@@ -289,25 +310,28 @@ def _one_per_series_sql(
     value_column: str,
     extra: Sequence[str],
 ) -> str:
-    """Each series observed at most once: compare with the newest row directly.
-    Returns (observations not ignored, rows inserted)."""
+    """Each series observed at most once: compare with the newest row directly (every
+    observation is its series' newest in the batch, so none is ignored). Returns
+    (observations not ignored, rows inserted)."""
     q = conn.dialect.identifier_preparer.quote
     value = q(value_column)
     series = ", ".join(q(c) for c in series_columns)
     described = "".join(f", {q(c)}" for c in extra)
-    # An unchanged value seen again at the same time writes nothing: the row is as it
-    # would be written, and PostgreSQL is spared a dead row version.
+    begins = _begins_sql("greatest(first_seen, head_last_seen)")
+    # An unchanged value seen again at the same time, or before (the clock stepped
+    # back), writes nothing: the row is as it would be written, and PostgreSQL is
+    # spared a dead row version.
     return (
         f"WITH {_newest_levels_sql(conn, table, batch, series_columns, value_column)}, "
         f"moved AS (UPDATE {q(table.name)} AS t SET last_seen = o.first_seen FROM obs AS o "
         f"WHERE t.id = o.head_id AND o.{value} = o.head_value "
         f"AND o.first_seen > o.head_last_seen), "
         f"added AS (INSERT INTO {q(table.name)} ({series}, {value}, first_seen, last_seen"
-        f"{described}) SELECT {series}, {value}, first_seen, first_seen{described} FROM obs "
-        f"WHERE head_id IS NULL OR (first_seen >= head_last_seen AND {value} <> head_value) "
-        f"ORDER BY first_seen, ordinal RETURNING 1) "
-        f"SELECT count(*) FILTER (WHERE head_id IS NULL OR first_seen >= head_last_seen), "
-        f"(SELECT count(*) FROM added) FROM obs"
+        f"{described}) SELECT {series}, {value}, begins, begins{described} FROM ("
+        f"SELECT obs.*, {begins} AS begins FROM obs "
+        f"WHERE head_id IS NULL OR {value} <> head_value) AS changed "
+        f"ORDER BY begins, ordinal RETURNING 1) "
+        f"SELECT count(*), (SELECT count(*) FROM added) FROM obs"
     )
 
 
@@ -321,30 +345,40 @@ def _many_per_series_sql(
 ) -> str:
     """Any number of observations per series: the observations not ignored, in time
     order per series, are numbered by level (a level starts where the value differs
-    from the one before; level 0 continues the newest stored row). Returns
-    (observations not ignored, rows inserted)."""
+    from the one before; level 0 continues the newest stored row). ``seen`` is when
+    each counts as seen: its time, or the stored row's ``last_seen`` for a series'
+    newest observation older than that (then the only one of its series not ignored).
+    Returns (observations not ignored, rows inserted)."""
     q = conn.dialect.identifier_preparer.quote
     value = q(value_column)
     series = ", ".join(q(c) for c in series_columns)
     described = "".join(f", {q(c)}" for c in extra)
     in_order = f"PARTITION BY {series} ORDER BY first_seen, ordinal"
     starts = f"(previous IS NULL OR {value} <> previous)"
+    # Only a batch's first level can begin where the stored row began; a later one
+    # begins at its own time, after the observations before it (one series is not
+    # observed twice at one time, nor, in practice, a microsecond apart).
+    begins = f"CASE WHEN level = 1 THEN {_begins_sql('seen')} ELSE seen END"
     return (
         f"WITH {_newest_levels_sql(conn, table, batch, series_columns, value_column)}, "
-        f"live AS (SELECT obs.*, coalesce(lag({value}) OVER w, head_value) AS previous "
-        f"FROM obs WHERE head_id IS NULL OR first_seen >= head_last_seen "
+        f"ranked AS (SELECT obs.*, lead(ordinal) OVER ({in_order}) IS NULL AS newest "
+        f"FROM obs), "
+        f"live AS (SELECT ranked.*, greatest(first_seen, head_last_seen) AS seen, "
+        f"coalesce(lag({value}) OVER w, head_value) AS previous FROM ranked "
+        f"WHERE head_id IS NULL OR first_seen >= head_last_seen OR newest "
         f"WINDOW w AS ({in_order})), "
         f"levels AS (SELECT live.*, {starts} AS starts, "
         f"count(*) FILTER (WHERE {starts}) OVER ({in_order} ROWS UNBOUNDED PRECEDING) "
         f"AS level FROM live), "
-        f"spans AS (SELECT levels.*, max(first_seen) OVER (PARTITION BY {series}, level) "
+        f"spans AS (SELECT levels.*, max(seen) OVER (PARTITION BY {series}, level) "
         f"AS level_last FROM levels), "
         f"moved AS (UPDATE {q(table.name)} AS t SET last_seen = m.level_last FROM "
         f"(SELECT DISTINCT head_id, head_last_seen, level_last FROM spans WHERE level = 0) "
         f"AS m WHERE t.id = m.head_id AND m.level_last > m.head_last_seen), "
         f"added AS (INSERT INTO {q(table.name)} ({series}, {value}, first_seen, last_seen"
-        f"{described}) SELECT {series}, {value}, first_seen, level_last{described} "
-        f"FROM spans WHERE starts ORDER BY first_seen, ordinal RETURNING 1) "
+        f"{described}) SELECT {series}, {value}, begins, greatest(level_last, begins)"
+        f"{described} FROM (SELECT spans.*, {begins} AS begins FROM spans WHERE starts) "
+        f"AS changed ORDER BY begins, ordinal RETURNING 1) "
         f"SELECT (SELECT count(*) FROM live), (SELECT count(*) FROM added)"
     )
 
@@ -361,6 +395,7 @@ def _record_row_by_row(
     describe: Mapping[tuple[Hashable, ...], Mapping[str, Any]] | None,
 ) -> IngestStats:
     ordered = sorted(observations, key=lambda o: o.at)
+    newest_in_batch = {o.series: i for i, o in enumerate(ordered)}
     cols: list[Column[Any]] = [table.c[name] for name in series_columns]
     value_col = table.c[value_column]
     newest: dict[tuple[Hashable, ...], dict[str, Any]] = {}
@@ -377,7 +412,7 @@ def _record_row_by_row(
             .subquery()
         )
         rows = conn.execute(
-            select(table.c.id, *cols, value_col, table.c.last_seen).join(
+            select(table.c.id, *cols, value_col, table.c.first_seen, table.c.last_seen).join(
                 latest_first,
                 and_(
                     *(c == latest_first.c[c.name] for c in cols),
@@ -392,30 +427,43 @@ def _record_row_by_row(
                 newest[series] = {
                     "id": row[0],
                     "value": row[1 + n],
-                    "last_seen": row[2 + n],
+                    "first_seen": row[2 + n],
+                    "last_seen": row[3 + n],
                     "row": None,
                 }
     new_rows: list[dict[str, Any]] = []
     moved: dict[int, datetime] = {}
     inserted = extended = ignored = 0
-    for obs in ordered:
+    for index, obs in enumerate(ordered):
         current = newest.get(obs.series)
-        if current is not None and obs.at < current["last_seen"]:
-            ignored += 1
-        elif current is not None and current["value"] == obs.value:
-            current["last_seen"] = obs.at
-            if current["row"] is not None:
-                current["row"]["last_seen"] = obs.at
-            else:
-                moved[current["id"]] = obs.at
+        seen = obs.at
+        if current is not None and seen < current["last_seen"]:
+            if index != newest_in_batch[obs.series]:
+                ignored += 1
+                continue
+            seen = current["last_seen"]  # the current value, whatever the clock read
+        if current is not None and current["value"] == obs.value:
+            if seen > current["last_seen"]:
+                current["last_seen"] = seen
+                if current["row"] is not None:
+                    current["row"]["last_seen"] = seen
+                else:
+                    moved[current["id"]] = seen
             extended += 1
         else:
+            if current is not None:
+                seen = max(seen, current["first_seen"] + _AFTER)
             new_row = dict(zip(series_columns, obs.series, strict=True))
             if describe is not None:
                 new_row.update(describe[obs.series])
-            new_row.update({value_column: obs.value, "first_seen": obs.at, "last_seen": obs.at})
+            new_row.update({value_column: obs.value, "first_seen": seen, "last_seen": seen})
             new_rows.append(new_row)
-            newest[obs.series] = {"value": obs.value, "last_seen": obs.at, "row": new_row}
+            newest[obs.series] = {
+                "value": obs.value,
+                "first_seen": seen,
+                "last_seen": seen,
+                "row": new_row,
+            }
             inserted += 1
     if moved:
         # One UPDATE per distinct time (a poll stamps everything with one time).

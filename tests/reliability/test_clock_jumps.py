@@ -9,7 +9,9 @@ What "sane" means here, one behaviour per test:
   warm-up limit or a lease as if the time had passed; a backward jump can only make a
   wait longer (a cooldown, sustained-for, a drain, a takeover), never shorter;
 * a forward jump makes the market data stale, so nothing is moved on it until fresh
-  prices arrive;
+  prices arrive; after a backward jump the prices polled are the current ones at once
+  (recorded, and used by the next decision), not ignored until the clock catches up
+  with the times stored before the jump;
 * a leader whose lease ran out while the clock jumped steps down before anyone else can
   take the lease, and two daemons never both act.
 """
@@ -199,6 +201,25 @@ def test_a_forward_jump_ends_a_cooldown_but_nothing_moves_until_fresh_prices_arr
     world.tick(6)
     assert world.placements() == [(WEST1.key, 2)]
     assert_steps_once_in_order(world.events(world.migrations()[-1]))
+
+
+def test_a_price_change_polled_after_a_backward_jump_is_recorded_and_decides_the_next_move(
+    store: Store, tmp_path: Path
+) -> None:
+    world = World(store, tmp_path)
+    placed_on_west4(world)
+    world.clock.advance(2 * HOURS)  # the placement's cooldown long over
+    world.prices({WEST4: 1.0, WEST1: 1.5})
+    world.tick()  # prices last seen just before the jump
+    world.clock.advance(-MINUTES)
+    world.prices({WEST4: 1.0, WEST1: 0.5})  # observed at the clock's time: before them
+    latest = {p.offer: p.usd_per_hour for p in store.prices.latest()}
+    assert latest == {WEST4: 1.0, WEST1: 0.5}, "the change was recorded"
+    world.tick()
+    chat = store.decisions.latest("chat")
+    assert chat is not None and [p.offer for p in chat.placements] == [WEST1]
+    world.tick(6)
+    assert world.placements() == [(WEST1.key, 2)]
 
 
 def test_a_backward_jump_between_two_waves_keeps_the_cooldown_after_the_last_wave(

@@ -24,6 +24,7 @@ from arbiter.store.db import translate_errors
 from arbiter.store.repositories import Store
 
 T0 = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 OFFERS = [
     Offer(
         provider=Provider.AWS,
@@ -48,15 +49,23 @@ class Rules:
 
     def apply(self, batch: Sequence[Observation]) -> IngestStats:
         inserted = extended = ignored = 0
-        for obs in sorted(batch, key=lambda o: o.at):
+        in_order = sorted(batch, key=lambda o: o.at)
+        newest_in_batch = {o.series: i for i, o in enumerate(in_order)}
+        for i, obs in enumerate(in_order):
             levels = self.levels.setdefault(obs.series, [])
-            if levels and obs.at < levels[-1][2]:
-                ignored += 1
-            elif levels and levels[-1][0] == obs.value:
-                levels[-1][2] = obs.at
+            at = obs.at
+            if levels and at < levels[-1][2]:
+                if i != newest_in_batch[obs.series]:
+                    ignored += 1
+                    continue
+                at = levels[-1][2]  # the current value: seen when the newest level was
+            if levels and levels[-1][0] == obs.value:
+                levels[-1][2] = at
                 extended += 1
             else:
-                levels.append([obs.value, obs.at, obs.at])
+                if levels:  # a level begins after the one before it
+                    at = max(at, levels[-1][1] + MICROSECOND)
+                levels.append([obs.value, at, at])
                 inserted += 1
         return IngestStats(inserted=inserted, extended=extended, ignored=ignored)
 
@@ -82,8 +91,9 @@ def describe(series: Series) -> dict[str, Any]:
 def random_batches(seed: int, *, several_per_series: bool) -> list[list[Observation]]:
     """Batches over 40 series, shuffled, with repeated values (extensions), changed
     ones, values returning to an old level, and times older than what is stored
-    (ignored). No series is observed twice at one time: which level is the newest
-    would be a tie."""
+    (ignored, or, for a series' newest in its batch, the current value as after a
+    backward clock step). No series is observed twice at one time: which level is the
+    newest would be a tie."""
     rng = random.Random(seed)
     series = [(f"aws:region-{i % 7}:zone-{i}:*:kind", f"src{i % 2}") for i in range(40)]
     free_times = {s: rng.sample(range(200), 200) for s in series}
@@ -184,6 +194,74 @@ def test_a_new_value_at_the_time_last_seen_starts_a_new_level(engine: Engine) ->
     assert stored_rows(engine) == [(*series, 1.0, T0, later), (*series, 2.0, later, later)]
 
 
+def test_after_the_clock_stepped_back_a_changed_value_starts_a_level_where_the_last_ended(
+    engine: Engine,
+) -> None:
+    """The clock stepped back 9 minutes: every observation is now older than what the
+    store holds, yet the batch came after it; its newest value is the current one."""
+    series = ("aws:r:-:*:k", "a")
+    seen = T0 + timedelta(minutes=5)
+    record(engine, [Observation(series, 1.0, T0), Observation(series, 1.0, seen)])
+    stepped_back = seen - timedelta(minutes=9)
+    assert record(engine, [Observation(series, 0.25, stepped_back)]) == IngestStats(inserted=1)
+    assert stored_rows(engine) == [(*series, 0.25, seen, seen), (*series, 1.0, T0, seen)]
+
+
+def test_a_change_at_the_time_its_level_began_starts_a_level_a_microsecond_later(
+    engine: Engine,
+) -> None:
+    """Two levels never begin at one time (which would be the newest?): here the clock
+    has not yet caught up with the level recorded after it stepped back."""
+    series = ("aws:r:-:*:k", "a")
+    seen = T0 + timedelta(minutes=5)
+    record(engine, [Observation(series, 1.0, seen)])
+    record(engine, [Observation(series, 0.25, T0)])  # stepped back: starts at `seen`...
+    assert record(engine, [Observation(series, 0.5, T0)]) == IngestStats(inserted=1)
+    assert stored_rows(engine) == [
+        (*series, 0.25, seen + MICROSECOND, seen + MICROSECOND),  # ...a microsecond on
+        (*series, 0.5, seen + 2 * MICROSECOND, seen + 2 * MICROSECOND),
+        (*series, 1.0, seen, seen),
+    ]
+
+
+def test_after_the_clock_stepped_back_an_unchanged_value_leaves_its_level_as_it_is(
+    engine: Engine,
+) -> None:
+    series = ("aws:r:-:*:k", "a")
+    record(engine, [Observation(series, 1.0, T0)])
+    before = stored_rows(engine)
+    stepped_back = T0 - timedelta(minutes=9)
+    assert record(engine, [Observation(series, 1.0, stepped_back)]) == IngestStats(extended=1)
+    assert stored_rows(engine) == before
+
+
+def test_an_old_observation_with_a_newer_one_in_its_batch_is_ignored(engine: Engine) -> None:
+    """A provider sends the time a price changed again with each answer (AWS spot
+    history: the price in force at the start time), and the current price confirmed at
+    the poll's time: the old change is history the store already has, even when the
+    clock stepped back and the confirmation too is older than the store."""
+    series = ("aws:r:-:*:k", "a")
+    changed, seen = T0, T0 + timedelta(minutes=10)
+    record(
+        engine,
+        [
+            Observation(series, 2.0, T0 - timedelta(hours=1)),
+            Observation(series, 3.0, changed),
+            Observation(series, 3.0, seen),
+        ],
+    )
+    before = stored_rows(engine)
+    stepped_back = seen - timedelta(minutes=9)
+    again = [Observation(series, 3.0, changed), Observation(series, 3.0, stepped_back)]
+    assert record(engine, again) == IngestStats(extended=1, ignored=1)
+    older = [
+        Observation(series, 2.0, T0 - timedelta(hours=1)),
+        Observation(series, 3.0, stepped_back),
+    ]
+    assert record(engine, older) == IngestStats(extended=1, ignored=1)
+    assert stored_rows(engine) == before
+
+
 def test_a_batch_that_fails_stores_nothing(store: Store) -> None:
     store.prices.record([PriceQuote(offer=OFFERS[0], usd_per_hour=1.0, observed_at=T0, source="s")])
     before = store.prices.history(OFFERS[0])
@@ -220,7 +298,8 @@ def test_prices_of_many_new_and_known_offers_are_stored(store: Store) -> None:
     second = [PriceQuote(offer=o, usd_per_hour=2.0, observed_at=later, source="s") for o in OFFERS]
     earlier = T0 - timedelta(minutes=5)
     older = [PriceQuote(offer=o, usd_per_hour=9.0, observed_at=earlier, source="s") for o in OFFERS]
-    assert again.prices.record(second[10:] + older[:10]) == IngestStats(inserted=40, ignored=10)
+    # the older quotes of offers 10-19 come with newer ones: history, ignored
+    assert again.prices.record(second[10:] + older[10:20]) == IngestStats(inserted=40, ignored=10)
     assert again.prices.record(first[:5]) == IngestStats(extended=5)
     latest = {p.offer.key: (p.usd_per_hour, p.first_seen) for p in store.prices.latest()}
     assert latest == {o.key: (2.0, later) for o in OFFERS[10:]} | {

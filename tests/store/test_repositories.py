@@ -85,12 +85,24 @@ def test_a_price_returning_to_an_old_value_is_a_new_change_point(store: Store) -
     assert [p for p, _, _ in store.prices.history(H100_SPOT)] == [30.0, 28.0, 30.0]
 
 
-def test_quotes_older_than_the_store_are_ignored(store: Store) -> None:
+def test_a_quote_older_than_the_store_is_ignored_when_a_newer_one_comes_with_it(
+    store: Store,
+) -> None:
     store.prices.record([quote(H100_SPOT, 30.0, 10)])
-    stats = store.prices.record([quote(H100_SPOT, 99.0, 0)])
-    assert stats.ignored == 1
+    stats = store.prices.record([quote(H100_SPOT, 99.0, 0), quote(H100_SPOT, 30.0, 5)])
+    assert (stats.ignored, stats.extended) == (1, 1)
     later = T0 + timedelta(minutes=10)
     assert store.prices.history(H100_SPOT) == [(30.0, later, later)]
+
+
+def test_after_the_clock_stepped_back_a_changed_price_is_the_latest(store: Store) -> None:
+    store.prices.record([quote(H100_SPOT, 1.0, 0), quote(H100_SPOT, 1.0, 10)])
+    stats = store.prices.record([quote(H100_SPOT, 0.25, 1)])  # the clock went back 9 minutes
+    assert stats.inserted == 1
+    later = T0 + timedelta(minutes=10)
+    (latest,) = store.prices.latest()
+    assert (latest.usd_per_hour, latest.first_seen, latest.last_seen) == (0.25, later, later)
+    assert [level.usd_per_hour for level in store.prices.newest_levels()] == [0.25]
 
 
 def test_latest_gives_the_newest_level_per_offer_and_source(store: Store) -> None:
@@ -589,6 +601,16 @@ def test_capacity_signals_are_change_point_encoded(store: Store) -> None:
     (latest,) = store.capacity.latest()
     assert latest.signal == signal(3, 10)
     assert latest.first_seen == T0 + timedelta(minutes=10)
+
+
+def test_after_the_clock_stepped_back_a_changed_capacity_signal_is_the_latest(
+    store: Store,
+) -> None:
+    store.capacity.record([signal(7, 0), signal(7, 10)])
+    stats = store.capacity.record([signal(2, 1)])  # the clock went back 9 minutes
+    assert stats.inserted == 1
+    (latest,) = store.capacity.latest()
+    assert (latest.signal.value, latest.first_seen) == (2, T0 + timedelta(minutes=10))
 
 
 def test_capacity_series_are_kept_apart_by_kind(store: Store) -> None:
