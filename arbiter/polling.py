@@ -208,15 +208,36 @@ class Poller:
 
 
 def build_sources(configs: Mapping[str, SourceConfig]) -> dict[str, ConfiguredSource]:
-    """Build every enabled source through the registry. Raises ConfigError."""
+    """Build every enabled source through the registry, in order; the caller closes
+    them (:func:`close_sources`). Raises ConfigError when one refuses its options,
+    after closing those built before it: a failed build leaves no client open."""
     from providers.registry import build_source
 
     built: dict[str, ConfiguredSource] = {}
-    for name, config in configs.items():
-        if not config.enabled:
-            continue
-        adapter = build_source(
-            config.kind, name, config.options, timeout=config.timeout, origin=config.origin
-        )
-        built[name] = ConfiguredSource(name, config, adapter)
+    try:
+        for name, config in configs.items():
+            if not config.enabled:
+                continue
+            adapter = build_source(
+                config.kind, name, config.options, timeout=config.timeout, origin=config.origin
+            )
+            built[name] = ConfiguredSource(name, config, adapter)
+    except BaseException:  # also an interrupt: nobody else will close what was built
+        close_sources(built)
+        raise
     return built
+
+
+def close_sources(sources: Mapping[str, ConfiguredSource]) -> None:
+    """Close each source that holds something (a replay source holds nothing), once, in
+    order. A failing close is logged ("could not close the market-data source") and
+    neither keeps the others open nor raises: the caller's own error, if any, stands."""
+    log = get_logger("poller")
+    for name, configured in sources.items():
+        close = getattr(configured.adapter, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as exc:  # any SDK or transport error: close the rest
+            log.warning("could not close the market-data source", source=name, error=str(exc))

@@ -5,23 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from arbiter.catalog import load_catalog
-from arbiter.config import SourceConfig
+from arbiter.config import SourceConfig, effective_source_configs, load_config
 from arbiter.domain.market import CarbonReading, Market, Offer, PriceQuote
-from arbiter.errors import AuthFailed, BadPayload, Throttled, Unavailable
+from arbiter.errors import AuthFailed, BadPayload, ConfigError, Throttled, Unavailable
 from arbiter.polling import (
     DEGRADED_AFTER,
     ConfiguredSource,
     Poller,
     RetryPolicy,
+    build_sources,
     call_with_retries,
+    close_sources,
 )
 from arbiter.ports import FakeClock, FakeMarket
 from arbiter.store.repositories import Store
+from tests.fakes import sources
 
 T0 = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
 OFFER = Offer(
@@ -210,3 +214,40 @@ def test_carbon_is_asked_for_the_zones_of_regions_with_offers(store: Store) -> N
     ]
     make_poller(store, market, Sleeps()).poll("fake")
     assert [r.zone for r, _ in store.carbon.latest()] == ["DE"]
+
+
+# -- building the sources --------------------------------------------------------------
+
+
+def configs(config: str, tmp_path: Path) -> dict[str, SourceConfig]:
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    return effective_source_configs(load_config(path, env={}).settings.sources)
+
+
+def test_a_source_that_fails_to_build_closes_those_built_before_it_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = sources.register(monkeypatch)
+    with capture_logs() as logs, pytest.raises(ConfigError, match="must be after start"):
+        build_sources(configs(sources.CONFIG, tmp_path))
+    assert closed == ["first", "second", "third"]
+    assert [(e["event"], e["log_level"], e["source"], e["error"]) for e in logs] == [
+        (
+            "could not close the market-data source",
+            "warning",
+            "second",
+            "second: pool already torn down",
+        )
+    ]
+
+
+def test_sources_that_all_build_are_left_open_for_their_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = sources.register(monkeypatch)
+    built = build_sources(configs(sources.BUILDING, tmp_path))
+    assert list(built) == ["first", "second", "third"] and closed == []
+    with capture_logs():
+        close_sources(built)
+    assert closed == ["first", "second", "third"]

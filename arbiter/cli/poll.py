@@ -16,7 +16,7 @@ def poll(obj: object, once: bool, only: tuple[str, ...]) -> None:
     (what was stored before is kept).
     """
     from arbiter import logs
-    from arbiter.polling import Poller, build_sources
+    from arbiter.polling import Poller, build_sources, close_sources
     from arbiter.ports import SystemClock
     from arbiter.store.db import display_url, make_engine, upgrade
     from arbiter.store.repositories import Store
@@ -39,19 +39,24 @@ def poll(obj: object, once: bool, only: tuple[str, ...]) -> None:
     from arbiter.store.db import check_current
 
     check_current(engine)
-    poller = Poller(store, build_sources(selected), obj.catalog(), SystemClock())  # type: ignore[attr-defined]
+    # A source that does not build: build_sources has closed those built before it.
+    sources = build_sources(selected)
     failed = 0
-    for name in poller.sources:
-        result = poller.poll(name)
-        if result.ok:
-            click.echo(
-                f"{name}: ok in {result.seconds:.2f}s — prices {result.prices.inserted} new, "
-                f"{result.prices.extended} unchanged; capacity {result.capacity.inserted} new, "
-                f"{result.capacity.extended} unchanged; carbon {result.carbon}; "
-                f"instance types {result.instance_types}"
-            )
-        else:
-            failed += 1
-            click.echo(f"{name}: FAILED — {result.error}")
+    try:
+        poller = Poller(store, sources, obj.catalog(), SystemClock())  # type: ignore[attr-defined]
+        for name in poller.sources:
+            result = poller.poll(name)
+            if result.ok:
+                click.echo(
+                    f"{name}: ok in {result.seconds:.2f}s — prices {result.prices.inserted} "
+                    f"new, {result.prices.extended} unchanged; capacity "
+                    f"{result.capacity.inserted} new, {result.capacity.extended} unchanged; "
+                    f"carbon {result.carbon}; instance types {result.instance_types}"
+                )
+            else:
+                failed += 1
+                click.echo(f"{name}: FAILED — {result.error}")
+    finally:
+        close_sources(sources)
     engine.dispose()
     raise SystemExit(1 if failed else 0)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
-
-if TYPE_CHECKING:
-    from arbiter.polling import ConfiguredSource
 
 
 @click.command()
@@ -39,35 +34,17 @@ def run(obj: object, mode: str | None) -> None:
     click.echo(f"arbiter: database {display_url(url)}", err=True)
     catalog = obj.catalog()  # type: ignore[attr-defined]
     from arbiter.config import effective_source_configs
-    from arbiter.polling import build_sources
+    from arbiter.polling import build_sources, close_sources
 
+    # A source that does not build: build_sources has closed those built before it.
+    sources = build_sources(effective_source_configs(settings.sources))
     # The sources are the daemon's to close once its run() has them; until then a start
-    # that fails (a source that does not build, a daemon that cannot be made) closes
-    # those built so far here, before the error is reported.
-    sources: dict[str, ConfiguredSource] = {}
+    # that fails (a daemon that cannot be made) closes them here, before the error is
+    # reported.
     try:
-        for name, config in effective_source_configs(settings.sources).items():
-            sources.update(build_sources({name: config}))
         daemon = Daemon(settings, make_engine(url), catalog, database_url=url)
         daemon.install_signal_handlers()
     except BaseException:
-        _close_sources(sources)
+        close_sources(sources)
         raise
     raise SystemExit(daemon.run(sources))
-
-
-def _close_sources(sources: dict[str, ConfiguredSource]) -> None:
-    """Close each source that holds something (replay holds nothing), once; a failing
-    close is logged, and neither keeps the others open nor hides the error of the start."""
-    from arbiter.logs import get_logger
-
-    for name, configured in sources.items():
-        close = getattr(configured.adapter, "close", None)
-        if close is None:
-            continue
-        try:
-            close()
-        except Exception as exc:  # any SDK or transport error: the start's error stands
-            get_logger("cli").warning(
-                "could not close the market-data source", error=str(exc), source=name
-            )

@@ -3,7 +3,6 @@ start that fails there closes the market-data sources already built, each once."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,64 +10,18 @@ import pytest
 from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
-import arbiter.config
 import arbiter.logs
-import providers.registry
 from arbiter.cli.main import cli
 from arbiter.errors import StoreError
-
-CLOSED: list[str] = []
-"""The names of the ``closing`` sources closed, in order."""
-
-
-class ClosingSource:
-    """A market-data source holding something to close; ``fail_close`` makes it fail."""
-
-    def __init__(self, name: str, *, fail_close: bool) -> None:
-        self.name = name
-        self.fail_close = fail_close
-
-    def close(self) -> None:
-        CLOSED.append(self.name)
-        if self.fail_close:
-            raise OSError(f"{self.name}: pool already torn down")
-
-
-def build(name: str, options: Mapping[str, Any], *, timeout: float) -> ClosingSource:
-    return ClosingSource(name, fail_close=bool(options.get("fail_close")))
-
-
-CONFIG = """\
-[daemon]
-mode = "observe"
-
-[sources.first]
-kind = "closing"
-
-[sources.second]
-kind = "closing"
-options = { fail_close = true }
-
-[sources.third]
-kind = "closing"
-
-[sources.replay]
-kind = "replay"
-options = { speed = 60, end = "2024-01-01T00:00:00Z" }
-"""
-"""Three sources that build, the second failing to close, then one that does not build
-(its end is before its start)."""
+from tests.fakes import sources
+from tests.fakes.sources import CLOSED, CONFIG
 
 
 @pytest.fixture(autouse=True)
-def closing_sources(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setitem(providers.registry.SOURCES, "closing", f"{__name__}:build")
-    monkeypatch.setattr(arbiter.config, "SOURCE_KINDS", (*arbiter.config.SOURCE_KINDS, "closing"))
+def closing_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    sources.register(monkeypatch)
     # the logs stay with capture_logs rather than going to the runner's stderr
     monkeypatch.setattr(arbiter.logs, "configure", lambda *args, **kwargs: None)
-    CLOSED.clear()
-    yield
-    CLOSED.clear()
 
 
 def run(tmp_path: Path, config: str) -> Result:
@@ -111,7 +64,7 @@ def test_a_daemon_that_cannot_be_built_closes_the_sources_built(
         raise StoreError("the store said no")
 
     monkeypatch.setattr(arbiter.daemon.Daemon, "__init__", refuse)
-    result = run(tmp_path, CONFIG.split("[sources.replay]")[0])
+    result = run(tmp_path, sources.BUILDING)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == "arbiter: error: the store said no"
     assert CLOSED == ["first", "second", "third"]
