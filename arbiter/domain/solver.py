@@ -1614,14 +1614,15 @@ class _Columns:
 
 def _lp_start(
     p: Problem, d: _Demands, c: _Candidates, model: _Model, *, time_limit: float
-) -> tuple[FloatArray | None, float]:
+) -> tuple[FloatArray | None, float, highspy.Highs | None]:
     """A start from the LP relaxation (real cost plus a penalty per missing unit),
     and the seconds HiGHS spent: workloads it places in whole replicas keep them;
     each other one takes the cheapest rounding of its fractional columns (each one
     replica below its floor to one above its ceiling) that keeps its rules, the room
     and the budget left; the rest are placed greedily (:func:`_greedy_start`), and a
     local search improves the result (:func:`_improve`). None when the LP is not
-    solved in time. Only a start: with the rows that tighten the relaxation most
+    solved in time. Also HiGHS with the solved LP (see :func:`_fewest_bound`). Only a
+    start: with the rows that tighten the relaxation most
     workloads come out whole, and HiGHS's own rounding finds as good only after its
     root cut loop."""
     h = _highs(model, time_limit=time_limit, mip_rel_gap=0.0)
@@ -1632,7 +1633,7 @@ def _lp_start(
     h.run()
     seconds = float(h.getRunTime())
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        return None, seconds
+        return None, seconds, None
     m = len(model.cols)
     lp = np.asarray(h.getSolution().col_value, dtype=np.float64)[:m]
     lp = np.maximum(lp, 0.0)
@@ -1689,7 +1690,7 @@ def _lp_start(
     # The workloads the LP placed whole stay as it placed them (its optimum given
     # the others); the rounded and the rest are searched.
     whole = ~frac_w & ~rest
-    return _improve(p, d, c, model, x, cs, ~whole), seconds
+    return _improve(p, d, c, model, x, cs, ~whole), seconds, h
 
 
 def _place_rest(
@@ -2154,6 +2155,18 @@ _QUICK = 0.5
 solved by then, and the aids cost more than that."""
 
 
+def _fewest_bound(h: highspy.Highs, model: _Model) -> tuple[float | None, float]:
+    """The LP relaxation's bound on the missing units, from HiGHS holding the model's
+    solved LP (its basis makes the re-solve short), and the seconds spent."""
+    before = float(h.getRunTime())
+    _count_missing(h, model)
+    h.run()
+    seconds = float(h.getRunTime()) - before
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None, seconds
+    return float(h.getInfo().objective_function_value), seconds
+
+
 def _fewest_by_lp(model: _Model, start: FloatArray, time_limit: float) -> tuple[bool, float]:
     """The LP relaxation proves that no placement misses fewer units than ``start``
     (missing units are integral: a bound above one fewer is the start's count), so
@@ -2183,9 +2196,11 @@ def _solve_model(
     time_limit: float,
     mip_rel_gap: float,
     mip_abs_gap: float = 0.0,
+    fewest_bound: float | None = None,
 ) -> _Run:
     """Phase one: the fewest missing units (skipped when the start misses none, as
-    none is the least). Phase two: the cheapest placement missing no more. Each runs
+    none is the least, or no more than ``fewest_bound`` or the LP relaxation's bound
+    on them, rounded up). Phase two: the cheapest placement missing no more. Each runs
     plainly for a moment; if that does not settle it, it runs again with the aids:
     the budget floors and a rounded start for phase one, a RINS start for phase two."""
     # HiGHS's run time is counted over every run of one instance; the time limit is
@@ -2204,7 +2219,9 @@ def _solve_model(
 
     fewest, aided = start, False
     settled = False
-    if _missing(model, start) > 0.5:
+    if _missing(model, start) > 0.5 and fewest_bound is not None:
+        settled = math.ceil(fewest_bound - 1e-6) >= round(_missing(model, start))
+    elif _missing(model, start) > 0.5:
         settled, seconds = _fewest_by_lp(model, start, left())
         elsewhere += seconds
     if not settled and _missing(model, start) > 0.5:
@@ -2381,14 +2398,19 @@ def _solve_part(
     # overshoots (cheapest tokens first, whole replicas), so those get the rounding.
     start: FloatArray | None = None
     lp_seconds = 0.0
+    lp: highspy.Highs | None = None
     if d.throughput_sized[c.workload[cols]].any():
-        rounded, lp_seconds = _lp_start(p, d, c, model, time_limit=time_limit)
+        rounded, lp_seconds, lp = _lp_start(p, d, c, model, time_limit=time_limit)
         start = None if rounded is None else _start_from(model, rounded, d, c)
     # The greedy start can only do better where the rounding leaves units missing.
     if start is None or _missing(model, start) > 0.5:
         greedy = _start_from(model, _greedy_start(p, d, c, model), d, c)
         if start is None or _better(model, greedy, start):
             start = greedy
+    bound = None
+    if lp is not None and _missing(model, start) > 0.5:
+        bound, seconds = _fewest_bound(lp, model)
+        lp_seconds += seconds
     run = _solve_model(
         p,
         d,
@@ -2398,6 +2420,7 @@ def _solve_part(
         time_limit=max(time_limit - lp_seconds, 1e-3),
         mip_rel_gap=mip_rel_gap,
         mip_abs_gap=mip_abs_gap,
+        fewest_bound=bound,
     )
     run.seconds += lp_seconds
     return model, run

@@ -593,7 +593,7 @@ def test_the_lp_start_keeps_every_rule(p: Problem) -> None:
     if len(cols) == 0:
         return
     model = solver._build(p, d, c, cols)
-    x, _ = solver._lp_start(p, d, c, model, time_limit=30.0)
+    x, _, _ = solver._lp_start(p, d, c, model, time_limit=30.0)
     assert x is not None
     replicas = np.zeros(p.n_columns, dtype=np.int64)
     replicas[c.index[cols]] = np.rint(x).astype(np.int64)
