@@ -45,6 +45,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from arbiter.config import Settings
+from arbiter.domain.planner import Gate
 from arbiter.domain.regions import RegionCatalog
 from arbiter.errors import ArbiterError, LeaseHeld, StoreError
 from arbiter.http_api import Endpoint
@@ -298,6 +299,10 @@ class Daemon:
             stats["solver_seconds"] = solution.solve_seconds
             stats["gap"] = solution.gap
             stats["unplaceable"] = sum(1 for d in result.outcome.decisions if d.unplaceable_reasons)
+        if result.plan is not None:
+            stats["waiting_for_spot"] = sum(
+                1 for h in result.plan.holds if h.gate is Gate.WAITING_FOR_SPOT
+            )
         stats["decisions"] = stats.get("decisions", 0) + result.recorded
         if result.skipped:
             self.log.warning("reconcile skipped", reason=result.skipped)

@@ -144,6 +144,11 @@ class StoreCollector(Collector):
             ("arbiter_solver_seconds", "HiGHS time of the last placement solve", "solver_seconds"),
             ("arbiter_reconcile_seconds", "Wall time of the last reconcile pass", "seconds"),
             ("arbiter_workloads_unplaceable", "Workloads not fully placed", "unplaceable"),
+            (
+                "arbiter_workloads_waiting_for_spot",
+                "Workloads short of spot replicas lost to an interruption (fallback none)",
+                "waiting_for_spot",
+            ),
             ("arbiter_solver_gap", "Relative MIP gap of the last solve", "gap"),
         ):
             if key in r:

@@ -36,7 +36,7 @@ from arbiter.domain.evaluation import PolicyBook
 from arbiter.domain.fleet import InterruptionNotice
 from arbiter.domain.market import Offer
 from arbiter.domain.migrations import Migration, MigrationState
-from arbiter.domain.planner import WAVE_MARK, Current, Inputs, Plan, PlannedMove, plan
+from arbiter.domain.planner import WAVE_MARK, Current, Gate, Inputs, Plan, PlannedMove, plan
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.workloads import Workload
@@ -120,6 +120,8 @@ class Reconciler:
         self.notices: list[InterruptionNotice] = []
         """Interruption notices still in force (the watchers add them)."""
         self.policy: PolicyState | None = None
+        self.waiting_for_spot: set[str] = set()
+        """Workloads the last tick held because their lost spot replicas wait for spot."""
         self.log = get_logger("reconcile")
 
     # ------------------------------------------------------------------ policies
@@ -305,8 +307,7 @@ class Reconciler:
             state.changed = False
         recorded = self._record(outcome)
         self.store.pending.replace(result.pending_since)
-        for hold in result.holds:
-            self.log.debug("held", workload=hold.workload, gate=hold.gate.value, detail=hold.detail)
+        self._report_holds(result)
 
         started: list[str] = []
         recommended: list[PlannedMove] = []
@@ -341,6 +342,26 @@ class Reconciler:
                 by_name, max_steps=self.settings.daemon.migration_steps_per_tick
             )
         return TickResult(outcome, result, started, recorded=recorded, recommended=recommended)
+
+    def _report_holds(self, result: Plan) -> None:
+        """Log why workloads are held; a workload that starts running short because its
+        spot replicas wait for spot capacity (``capacity.spot.fallback: none``) is a
+        warning, once, and its end is logged too."""
+        waiting = set()
+        for hold in result.holds:
+            if hold.gate is not Gate.WAITING_FOR_SPOT:
+                self.log.debug(
+                    "held", workload=hold.workload, gate=hold.gate.value, detail=hold.detail
+                )
+                continue
+            waiting.add(hold.workload)
+            if hold.workload not in self.waiting_for_spot:
+                self.log.warning(
+                    "waiting for spot capacity", workload=hold.workload, detail=hold.detail
+                )
+        for name in sorted(self.waiting_for_spot - waiting):
+            self.log.info("spot capacity back", workload=name)
+        self.waiting_for_spot = waiting
 
     def _record(self, outcome: Outcome) -> int:
         """Record each decision that differs from the workload's last one."""

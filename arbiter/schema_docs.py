@@ -128,7 +128,15 @@ DESCRIPTIONS: dict[str, str] = {
     "policy:capacity.spot.allowed": "`false`: spot offers fail rule `policy-spot`.",
     "policy:capacity.spot.max_share": "Largest share of the workload's replicas on spot "
     "(0–1); `0` forbids spot like `allowed: false`.",
-    "policy:capacity.spot.fallback": "What to do when spot capacity is lost." + _NOT_APPLIED,
+    "policy:capacity.spot.fallback": "What replaces spot replicas lost to an interruption "
+    "notice. `on_demand`: the urgent evacuation goes where the decision puts them, "
+    "on-demand included (within the workload's other rules and the spot share). `none`: an "
+    "evacuation that would add on-demand replicas is held (`waiting_for_spot`): the lost "
+    "replicas stay recorded on their offer and the workload runs short until spot "
+    "capacity is back there or the decision finds spot capacity elsewhere (moved to at "
+    "once); a placement that also breaks an enforced rule is evacuated as usual. With "
+    "`none`, workloads with `interruption_tolerance: low` get no spot (rule "
+    "`workload-interruption-tolerance`): only `high` accepts running short.",
     "policy:budget": "A cap on cost per hour. Comes from the first loaded policy that "
     "selects the workload and sets it; every workload taking its budget from the same "
     "policy shares the one cap.",
@@ -233,8 +241,10 @@ DESCRIPTIONS: dict[str, str] = {
     "every user location (rule `workload-latency-slo`, always enforced; needs "
     "`user_locations`).",
     "workload:spec.interruption_tolerance": "`none`: never on spot (rule "
-    "`workload-interruption-tolerance`). `low` and `high`: spot allowed within the "
-    "policy's `capacity.spot` (the two are treated alike for now).",
+    "`workload-interruption-tolerance`). `low`: spot within the policy's `capacity.spot`, "
+    "only when it replaces lost spot capacity on on-demand (`fallback: on_demand`). "
+    "`high` (batch-like): spot within `capacity.spot` with either fallback, so with "
+    "`fallback: none` it may run short while spot capacity is gone.",
     "workload:spec.warmup_seconds": "Time a new replica needs before serving. Counted in a "
     "move's payback (double running); a migration whose new replicas are not ready "
     "within it plus 2 minutes rolls back.",

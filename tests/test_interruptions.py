@@ -1021,12 +1021,19 @@ class TimedExecutor(FakeExecutor):
 
 
 def make_world(
-    store: Store, tmp: Path, clock: Clock, *, gpu: str, instance_type: InstanceType
+    store: Store,
+    tmp: Path,
+    clock: Clock,
+    *,
+    gpu: str,
+    instance_type: InstanceType,
+    policy: str = POLICY,
+    workload: str = WORKLOAD,
 ) -> tuple[Reconciler, TimedExecutor]:
     (tmp / "policies").mkdir()
     (tmp / "workloads").mkdir()
-    (tmp / "policies" / "us.yaml").write_text(POLICY)
-    (tmp / "workloads" / "chat.yaml").write_text(WORKLOAD % gpu)
+    (tmp / "policies" / "us.yaml").write_text(policy)
+    (tmp / "workloads" / "chat.yaml").write_text(workload % gpu)
     settings = Settings.model_validate(
         {
             "daemon": {"mode": Mode.ENFORCE.value, "kill_switch_file": str(tmp / "KILL")},
@@ -1156,3 +1163,96 @@ def test_the_daemon_polls_a_source_and_reconciles_at_once_on_a_new_notice(
     (notice,) = reconciler.notices
     assert notice.matches(GCP_SPOT) and notice.source == "gce"
     assert any(m.urgent and m.reason.startswith("evacuate") for m in store.migrations.recent())
+
+
+# A batch workload whose policy does not replace lost spot capacity on on-demand.
+POLICY_WITHOUT_FALLBACK = POLICY + "capacity:\n  spot: {fallback: none}\n"
+BATCH_WORKLOAD = WORKLOAD + "  interruption_tolerance: high\n"
+SPOT_ELSEWHERE = SPOT.model_copy(update={"zone": "use1-az2"})
+
+
+def spot_notice(clock: Clock) -> InterruptionNotice:
+    return InterruptionNotice(
+        provider=Provider.AWS,
+        region="us-east-1",
+        zone="use1-az1",
+        instance_type="g5.xlarge",
+        deadline=clock.now() + timedelta(minutes=2),
+        source="test",
+    )
+
+
+def test_without_fallback_a_notice_leaves_the_spot_replica_waiting_for_spot_and_says_so(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    from arbiter.daemon import Daemon
+    from arbiter.domain.planner import Gate
+
+    clock = FakeClock(NOW)
+    reconciler, executor = make_world(
+        store,
+        tmp_path,
+        clock,
+        gpu="A10G",
+        instance_type=G5,
+        policy=POLICY_WITHOUT_FALLBACK,
+        workload=BATCH_WORKLOAD,
+    )
+    record_prices(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01})
+    for _ in range(4):
+        reconciler.tick()
+        clock.advance(timedelta(seconds=15))
+    assert store.workloads.placements("chat") == [(SPOT.key, 1)]
+    daemon = Daemon(reconciler.settings, store.engine, CATALOG, database_url=store_url, clock=clock)
+    assert daemon.try_lead()
+    daemon.reconciler = reconciler
+
+    assert reconciler.notice(spot_notice(clock))
+    with capture_logs() as logs:
+        daemon.reconcile()
+        clock.advance(timedelta(seconds=15))
+        daemon.reconcile()
+    assert executor.first_ensure(ON_DEMAND) is None, "replaced on on-demand"
+    assert store.migrations.unfinished() == []
+    assert store.workloads.placements("chat") == [(SPOT.key, 1)]  # waiting, recorded there
+    (warning,) = [e for e in logs if e["event"] == "waiting for spot capacity"]  # once
+    assert warning["log_level"] == "warning" and warning["workload"] == "chat"
+    assert "capacity.spot.fallback: none" in warning["detail"]
+    assert daemon.reconcile_stats["waiting_for_spot"] == 1
+    assessment = reconciler.assess(clock.now())
+    assert assessment is not None
+    assert [h.gate for h in assessment.plan.holds] == [Gate.WAITING_FOR_SPOT]
+
+    # spot capacity the notice does not cover turns up: the replica moves there at once
+    record_prices(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01, SPOT_ELSEWHERE: 0.45})
+    with capture_logs() as logs:
+        for _ in range(6):
+            daemon.reconcile()
+            clock.advance(timedelta(seconds=15))
+    assert store.workloads.placements("chat") == [(SPOT_ELSEWHERE.key, 1)]
+    assert executor.first_ensure(ON_DEMAND) is None
+    assert daemon.reconcile_stats["waiting_for_spot"] == 0
+    assert any(e["event"] == "spot capacity back" for e in logs)
+
+
+def test_with_on_demand_fallback_a_batch_workload_is_replaced_on_on_demand_at_once(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock(NOW)
+    reconciler, executor = make_world(
+        store,
+        tmp_path,
+        clock,
+        gpu="A10G",
+        instance_type=G5,
+        policy=POLICY + "capacity:\n  spot: {fallback: on_demand}\n",
+        workload=BATCH_WORKLOAD,
+    )
+    record_prices(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01})
+    for _ in range(4):
+        reconciler.tick()
+        clock.advance(timedelta(seconds=15))
+    assert reconciler.notice(spot_notice(clock))
+    result = reconciler.tick()
+    assert [m.kind.value for m in result.plan.moves] == ["evacuate"]
+    assert executor.first_ensure(ON_DEMAND) is not None

@@ -410,20 +410,38 @@ class WorkloadEvaluator:
 
     # -- offer rules -----------------------------------------------------------------
 
+    def spot_rule(self) -> tuple[str, bool, str]:
+        """The rule that judges this workload's spot offers, whether they pass, and why.
+
+        A workload with ``interruption_tolerance: low`` takes spot only when the policy
+        replaces lost spot replicas on on-demand (``capacity.spot.fallback: on_demand``):
+        with ``none`` it would run short while spot capacity is gone, which only
+        ``high`` accepts."""
+        spot = self.terms.spot
+        if not spot.allowed:
+            return POLICY_SPOT, False, "the policy does not allow spot"
+        if spot.max_share <= 0:
+            return POLICY_SPOT, False, "the policy's spot share is 0"
+        tolerance = self.workload.interruption_tolerance
+        if tolerance is InterruptionTolerance.NONE:
+            return WORKLOAD_INTERRUPTION, False, "the workload tolerates no interruption"
+        if tolerance is InterruptionTolerance.LOW and spot.fallback == "none":
+            return (
+                WORKLOAD_INTERRUPTION,
+                False,
+                "interruption_tolerance low takes spot only with capacity.spot.fallback: "
+                "on_demand; the policy's is fallback: none",
+            )
+        return WORKLOAD_INTERRUPTION, True, "spot allowed"
+
     def spot_allowed(self) -> tuple[bool, str]:
-        if not self.terms.spot.allowed:
-            return False, "the policy does not allow spot"
-        if self.terms.spot.max_share <= 0:
-            return False, "the policy's spot share is 0"
-        if self.workload.interruption_tolerance is InterruptionTolerance.NONE:
-            return False, "the workload tolerates no interruption"
-        return True, "spot allowed"
+        _, ok, why = self.spot_rule()
+        return ok, why
 
     def offer_verdicts(self, state: OfferState) -> tuple[RuleVerdict, ...]:
         out: list[RuleVerdict] = []
         if state.offer.market is Market.SPOT:
-            ok, why = self.spot_allowed()
-            rule = POLICY_SPOT if "policy" in why else WORKLOAD_INTERRUPTION
+            rule, ok, why = self.spot_rule()
             out.append(_verdict(rule, Verdict.PASS if ok else Verdict.FAIL, why))
         if state.stale:
             out.append(

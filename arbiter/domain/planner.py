@@ -22,6 +22,14 @@ the ready-replica minimum is never broken by the plan. A new workload is placed 
 once; one that is gone is released. A workload with no compliant placement keeps
 running where it is (and is reported), since taking it down would help nobody.
 
+Spot replicas under an interruption notice are replaced where the decision puts them,
+on-demand included, when the policy's ``capacity.spot.fallback`` is ``on_demand``.
+With ``none`` an evacuation that would add on-demand replicas is held instead
+(:attr:`Gate.WAITING_FOR_SPOT`): the lost replicas stay recorded on their offer, the
+workload runs short until spot capacity is back there (the executor re-acquires it) or
+the decision finds spot capacity elsewhere for them, which is moved to at once. A
+placement that also breaks an enforced rule is evacuated as usual: rules come first.
+
 Pure: everything, including ``now`` and the pending-since memory, is an argument.
 """
 
@@ -36,7 +44,7 @@ from enum import StrEnum
 
 from arbiter.domain.decisions import Decision
 from arbiter.domain.evaluation import WorkloadEvaluator
-from arbiter.domain.market import Offer
+from arbiter.domain.market import Market, Offer
 from arbiter.domain.snapshot import OfferState
 from arbiter.domain.windows import in_blackout
 from arbiter.domain.workloads import Placement, Workload
@@ -67,6 +75,9 @@ class Gate(StrEnum):
     MAX_CONCURRENT = "max_concurrent_drains"
     IN_FLIGHT = "in_flight"
     """A migration of this workload is already under way."""
+    WAITING_FOR_SPOT = "waiting_for_spot"
+    """Spot replicas lost to an interruption are not replaced on on-demand (the policy's
+    ``capacity.spot.fallback`` is ``none``): the workload runs short until spot is back."""
 
 
 @dataclass(frozen=True)
@@ -155,15 +166,17 @@ def cost_per_hour(
 
 
 def violations(
-    placements: Sequence[Placement], evaluator: WorkloadEvaluator, interrupted: frozenset[str]
+    placements: Sequence[Placement],
+    evaluator: WorkloadEvaluator,
+    interrupted: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Why current placements are no longer allowed: each excluding rule, per offer."""
+    """Why current placements are no longer allowed, per offer: an interruption notice
+    on it (``interrupted`` offer keys), and each excluding rule."""
     states = _states(evaluator)
     out = []
     for p in placements:
         if p.offer.key in interrupted:
             out.append(f"{p.offer.key}: interruption notice")
-            continue
         state = states.get(p.offer.key)
         if state is None:
             # Region rules can still be judged without a price: a placement in a
@@ -175,6 +188,38 @@ def violations(
             if v.excludes and v.rule_id != "fresh-price":
                 out.append(f"{p.offer.key}: {v.rule_id}: {v.reason}")
     return out
+
+
+def waiting_for_spot(
+    current: Current, desired: Sequence[Placement], evaluator: WorkloadEvaluator
+) -> str | None:
+    """Why an evacuation of interrupted spot replicas must wait for spot capacity, or
+    None when it may go ahead: the policy's ``capacity.spot.fallback`` is ``none`` and
+    ``desired`` runs more replicas on on-demand than the workload does now (so some of
+    the lost spot replicas would be replaced on on-demand)."""
+    if evaluator.terms.spot.fallback != "none":
+        return None
+    lost = [
+        p
+        for p in current.placements
+        if p.offer.key in current.interrupted and p.offer.market is Market.SPOT
+    ]
+    if not lost:
+        return None
+    on_demand_now = sum(
+        p.replicas for p in current.placements if p.offer.market is Market.ON_DEMAND
+    )
+    on_demand_wanted = sum(p.replicas for p in desired if p.offer.market is Market.ON_DEMAND)
+    if on_demand_wanted <= on_demand_now:
+        return None
+    short = sum(p.replicas for p in lost)
+    return (
+        f"{short} replica(s) on {', '.join(sorted({p.offer.key for p in lost}))} lost to an "
+        f"interruption notice wait for spot capacity: the decision would put "
+        f"{on_demand_wanted - on_demand_now} more on on-demand, and with "
+        f"capacity.spot.fallback: none spot replicas are not replaced there; the workload "
+        f"runs {short} replica(s) short until spot is back"
+    )
 
 
 def migration_cost_usd(
@@ -316,6 +361,14 @@ def plan(
             continue
         terms = item.evaluator.terms.migration
         if bad:
+            wait = (
+                None
+                if violations(cur.placements, item.evaluator)
+                else (waiting_for_spot(cur, desired, item.evaluator))
+            )
+            if wait is not None:
+                holds.append(Hold(name, Gate.WAITING_FOR_SPOT, wait))
+                continue
             candidates.append(
                 PlannedMove(
                     name,

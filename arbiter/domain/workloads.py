@@ -25,7 +25,8 @@ class InterruptionTolerance(StrEnum):
     LOW = "low"
     """Spot allowed only with on-demand fallback and within the policy's spot share."""
     HIGH = "high"
-    """Batch-like: interruptions are acceptable."""
+    """Batch-like: interruptions are acceptable. Spot within the policy's spot share
+    with either fallback; under ``fallback: none`` lost spot replicas wait for spot."""
 
 
 class GpuOption(Value):

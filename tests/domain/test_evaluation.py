@@ -266,3 +266,34 @@ def test_the_carbon_price_is_folded_into_the_effective_cost() -> None:
     # 8 H100 × 0.7 kW × PUE 1.15 × 400 g/kWh = 2,576 g/h → $0.2576/h at $100/t
     assert cost.carbon_g_per_hour == pytest.approx(2576)
     assert cost.effective == pytest.approx(80 + 0.2576)
+
+
+@pytest.mark.parametrize("tolerance", ["low", "high"])
+def test_spot_passes_for_a_tolerant_workload_when_the_policy_falls_back_to_on_demand(
+    tolerance: str,
+) -> None:
+    pol = policy(capacity={"spot": {"fallback": "on_demand"}})
+    ev = evaluator(pol, workload(interruption_tolerance=tolerance))
+    v = by_rule(ev.verdicts(state("aws", "eu-central-1", "spot")))[WORKLOAD_INTERRUPTION]
+    assert v.verdict is Verdict.PASS  # type: ignore[attr-defined]
+
+
+def test_a_low_tolerance_workload_gets_no_spot_from_a_policy_without_on_demand_fallback() -> None:
+    """`fallback: none` leaves a workload short of its spot replicas while spot capacity
+    is gone: only a workload with interruption_tolerance high accepts that."""
+    pol = policy(capacity={"spot": {"fallback": "none"}})
+    ev = evaluator(pol, workload(interruption_tolerance="low"))
+    v = by_rule(ev.verdicts(state("aws", "eu-central-1", "spot")))[WORKLOAD_INTERRUPTION]
+    assert v.verdict is Verdict.FAIL and v.excludes  # type: ignore[attr-defined]
+    assert "fallback: none" in v.reason and "low" in v.reason  # type: ignore[attr-defined]
+    assert ev.spot_allowed()[0] is False
+    on_demand = ev.verdicts(state("aws", "eu-central-1", "on-demand"))
+    assert WORKLOAD_INTERRUPTION not in by_rule(on_demand)
+
+
+def test_a_high_tolerance_workload_may_use_spot_without_on_demand_fallback() -> None:
+    pol = policy(capacity={"spot": {"fallback": "none"}})
+    ev = evaluator(pol, workload(interruption_tolerance="high"))
+    v = by_rule(ev.verdicts(state("aws", "eu-central-1", "spot")))[WORKLOAD_INTERRUPTION]
+    assert v.verdict is Verdict.PASS  # type: ignore[attr-defined]
+    assert ev.spot_allowed()[0] is True

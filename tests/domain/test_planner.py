@@ -30,26 +30,27 @@ def state(o: Offer, price: float) -> OfferState:
     )
 
 
-def policy(**migration: object) -> Policy:
+def policy(*, spot: dict[str, object] | None = None, **migration: object) -> Policy:
     settings: dict[str, object] = {"sustained_for": "0s", "cooldown": "0s"}
     settings.update(migration)
-    return Policy.model_validate(
-        {
-            "apiVersion": "arbiter/v1",
-            "kind": "PlacementPolicy",
-            "metadata": {"name": "eu"},
-            "constraints": [
-                {
-                    "id": "eu-residency",
-                    "sovereignty": {"data_classes": ["internal"], "jurisdictions": ["EU"]},
-                }
-            ],
-            "migration": settings,
-        }
-    )
+    body: dict[str, object] = {
+        "apiVersion": "arbiter/v1",
+        "kind": "PlacementPolicy",
+        "metadata": {"name": "eu"},
+        "constraints": [
+            {
+                "id": "eu-residency",
+                "sovereignty": {"data_classes": ["internal"], "jurisdictions": ["EU"]},
+            }
+        ],
+        "migration": settings,
+    }
+    if spot is not None:
+        body["capacity"] = {"spot": spot}
+    return Policy.model_validate(body)
 
 
-def workload(replicas: int = 3) -> Workload:
+def workload(replicas: int = 3, tolerance: str = "low") -> Workload:
     return Workload(
         name="chat",
         data_class="internal",
@@ -57,12 +58,16 @@ def workload(replicas: int = 3) -> Workload:
         gpu_options=(GpuOption(model="L4", tokens_per_second=500),),
         warmup_seconds=300,
         model_size_gib=10,
+        interruption_tolerance=tolerance,  # type: ignore[arg-type]
     )
 
 
 WEST4 = offer("europe-west4")
 WEST1 = offer("europe-west1")
 US = offer("us-east4")
+WEST4_SPOT = offer("europe-west4", market="spot")
+WEST1_SPOT = offer("europe-west1", market="spot")
+US_SPOT = offer("us-east4", market="spot")
 
 
 def placed(o: Offer, n: int) -> Placement:
@@ -77,13 +82,14 @@ def run(
     now: datetime = NOW,
     pending: dict[str, datetime] | None = None,
     replicas: int = 3,
+    tolerance: str = "low",
     **current: object,
 ):  # type: ignore[no-untyped-def]
     snap = MarketSnapshot.make(
         taken_at=now, offers=tuple(state(o, p) for o, p in prices.items()), carbon=()
     )
     book = PolicyBook((pol or policy(),))
-    w = workload(replicas)
+    w = workload(replicas, tolerance)
     outcome = decide([w], book, snap, CATALOG, now)
     inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
     cur = {"chat": Current(running, **current)} if running or current else {}  # type: ignore[arg-type]
@@ -288,3 +294,89 @@ def test_a_replica_count_move_is_judged_per_unit_of_throughput_as_decide_ranks_i
     result = plan(inputs, {"chat": Current((placed(WEST4, 3),))}, now=NOW, pending_since={})
     (move,) = result.moves
     assert move.kind is MoveKind.MOVE and "(20.0%)" in move.reason
+
+
+# ------------------------------------------------- capacity.spot.fallback: lost spot
+
+
+def test_with_on_demand_fallback_lost_spot_replicas_are_replaced_on_on_demand_at_once() -> None:
+    # the shell has taken the interrupted spot offer out of the market: only on-demand left
+    pol = policy(spot={"fallback": "on_demand"}, blackout=["Mon-Fri 08:00-18:00 Europe/Berlin"])
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST1_SPOT, 3),),
+        pol,
+        tolerance="high",
+        interrupted=frozenset({WEST1_SPOT.key}),
+        last_migration_at=NOW - timedelta(minutes=1),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and move.urgent
+    assert move.target == (placed(WEST4, 3),)
+    assert result.holds == ()
+
+
+def test_without_fallback_lost_spot_replicas_wait_for_spot_instead_of_going_on_demand() -> None:
+    pol = policy(spot={"fallback": "none"})
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST1_SPOT, 3),),
+        pol,
+        tolerance="high",
+        interrupted=frozenset({WEST1_SPOT.key}),
+    )
+    assert result.moves == ()
+    (hold,) = result.holds
+    assert hold.gate is Gate.WAITING_FOR_SPOT
+    assert "3 replica(s)" in hold.detail and WEST1_SPOT.key in hold.detail
+    assert "capacity.spot.fallback: none" in hold.detail
+
+
+def test_without_fallback_a_workload_keeps_its_on_demand_replicas_while_it_waits_for_spot() -> None:
+    pol = policy(spot={"fallback": "none", "max_share": 0.67})
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST4, 1), placed(WEST1_SPOT, 2)),
+        pol,
+        tolerance="high",
+        interrupted=frozenset({WEST1_SPOT.key}),
+    )
+    assert result.moves == ()
+    (hold,) = result.holds
+    assert hold.gate is Gate.WAITING_FOR_SPOT and "2 replica(s)" in hold.detail
+
+
+def test_without_fallback_interrupted_spot_replicas_move_to_other_spot_capacity_at_once() -> None:
+    pol = policy(spot={"fallback": "none"})
+    result = run(
+        {WEST4: 1.0, WEST4_SPOT: 0.4},
+        (placed(WEST1_SPOT, 3),),
+        pol,
+        tolerance="high",
+        interrupted=frozenset({WEST1_SPOT.key}),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and move.urgent
+    assert move.target == (placed(WEST4_SPOT, 3),)
+
+
+def test_without_fallback_a_spot_placement_that_breaks_a_rule_still_moves_to_on_demand() -> None:
+    """The enforced rules come first: fallback none does not keep replicas where a
+    rule forbids them."""
+    pol = policy(spot={"fallback": "none"})
+    result = run(
+        {WEST4: 1.0},
+        (placed(US_SPOT, 3),),
+        pol,
+        tolerance="high",
+        interrupted=frozenset({US_SPOT.key}),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and move.target == (placed(WEST4, 3),)
+    assert "eu-residency" in move.reason
+
+
+def test_without_fallback_a_new_workload_is_still_placed_on_on_demand() -> None:
+    result = run({WEST4: 1.0}, (), policy(spot={"fallback": "none"}), tolerance="high")
+    (move,) = result.moves
+    assert move.kind is MoveKind.PLACE and move.target == (placed(WEST4, 3),)
