@@ -1209,8 +1209,10 @@ def test_without_fallback_a_notice_leaves_the_spot_replica_waiting_for_spot_and_
 
     assert reconciler.notice(spot_notice(clock))
     with capture_logs() as logs:
+        daemon.try_lead()
         daemon.reconcile()
         clock.advance(timedelta(seconds=15))
+        daemon.try_lead()
         daemon.reconcile()
     assert executor.first_ensure(ON_DEMAND) is None, "replaced on on-demand"
     assert store.migrations.unfinished() == []
@@ -1227,6 +1229,7 @@ def test_without_fallback_a_notice_leaves_the_spot_replica_waiting_for_spot_and_
     record_prices(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01, SPOT_ELSEWHERE: 0.45})
     with capture_logs() as logs:
         for _ in range(6):
+            daemon.try_lead()
             daemon.reconcile()
             clock.advance(timedelta(seconds=15))
     assert store.workloads.placements("chat") == [(SPOT_ELSEWHERE.key, 1)]
