@@ -303,6 +303,7 @@ class Daemon:
             stats["waiting_for_spot"] = sum(
                 1 for h in result.plan.holds if h.gate is Gate.WAITING_FOR_SPOT
             )
+            stats["violations_overdue"] = len(result.plan.overdue)
         stats["decisions"] = stats.get("decisions", 0) + result.recorded
         if result.skipped:
             self.log.warning("reconcile skipped", reason=result.skipped)

@@ -155,6 +155,14 @@ class StoreCollector(Collector):
                 gauge = GaugeMetricFamily(name, doc)
                 gauge.add_metric([], float(r[key]))
                 yield gauge
+        if "violations_overdue" in r:
+            # named on its own: the shipped alert ArbiterHardViolationOverdue reads it
+            overdue = GaugeMetricFamily(
+                "arbiter_hard_violations_overdue",
+                "Workloads still breaking an enforced rule past on_hard_violation.drain_within",
+            )
+            overdue.add_metric([], float(r["violations_overdue"]))
+            yield overdue
 
 
 class Endpoint:

@@ -122,6 +122,8 @@ class Reconciler:
         self.policy: PolicyState | None = None
         self.waiting_for_spot: set[str] = set()
         """Workloads the last tick held because their lost spot replicas wait for spot."""
+        self.overdue: set[str] = set()
+        """Workloads whose hard violation the last tick found past its drain_within."""
         self.log = get_logger("reconcile")
 
     # ------------------------------------------------------------------ policies
@@ -292,6 +294,7 @@ class Reconciler:
             now=now,
             pending_since=self.store.pending.all(),
             in_flight_total=len(unfinished),
+            violating_since=self.store.violations.all(),
         )
         return Assessment(state, snap, outcome, result, current, unfinished)
 
@@ -307,7 +310,9 @@ class Reconciler:
             state.changed = False
         recorded = self._record(outcome)
         self.store.pending.replace(result.pending_since)
+        self.store.violations.replace(result.violating_since)
         self._report_holds(result)
+        self._report_overdue(result)
 
         started: list[str] = []
         recommended: list[PlannedMove] = []
@@ -362,6 +367,24 @@ class Reconciler:
         for name in sorted(self.waiting_for_spot - waiting):
             self.log.info("spot capacity back", workload=name)
         self.waiting_for_spot = waiting
+
+    def _report_overdue(self, result: Plan) -> None:
+        """An error, once, for each workload whose hard violation outlasts its
+        ``on_hard_violation.drain_within`` (and when it is drained at last)."""
+        overdue = {o.workload for o in result.overdue}
+        for o in result.overdue:
+            if o.workload not in self.overdue:
+                self.log.error(
+                    "hard violation not drained in time",
+                    workload=o.workload,
+                    since=o.since.isoformat(),
+                    deadline=o.deadline.isoformat(),
+                    violations=o.detail,
+                )
+        for name in sorted(self.overdue - overdue):
+            if name not in result.violating_since:
+                self.log.info("hard violation drained", workload=name)
+        self.overdue = overdue
 
     def _record(self, outcome: Outcome) -> int:
         """Record each decision that differs from the workload's last one."""

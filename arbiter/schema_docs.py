@@ -47,8 +47,6 @@ class Row:
 
 # ------------------------------------------------------------------ descriptions
 
-_NOT_APPLIED = " Validated, but nothing applies it yet."
-
 DESCRIPTIONS: dict[str, str] = {
     # ---------------------------------------------------------------- policy files
     "policy:apiVersion": "File format version. This arbiter reads `arbiter/v1` only.",
@@ -179,9 +177,17 @@ DESCRIPTIONS: dict[str, str] = {
     "an enforced rule are urgent: they skip the saving gates, `sustained_for`, `cooldown` "
     "and `max_concurrent_drains`, and still go make-before-break.",
     "policy:migration.on_hard_violation.drain_within": "How soon the violating replicas "
-    "must be moved." + _NOT_APPLIED,
+    "must be moved, counted from when the planner first saw the violation (remembered "
+    "across restarts). With `ignore_blackout: false` an evacuation waits out a blackout "
+    "only while it can still finish in time (the workload's `warmup_seconds` plus "
+    "`drain_timeout` before the deadline). A violation still running at the deadline (no "
+    "compliant placement, its migration still in flight, `recommend` mode, the kill "
+    "switch) is logged as an error (`hard violation not drained in time`), counted by "
+    "`arbiter_hard_violations_overdue` and listed by `arbiter plan`. Interruption notices "
+    "do not count: the provider's deadline governs them.",
     "policy:migration.on_hard_violation.ignore_blackout": "Urgent moves start even inside "
-    "a blackout window.",
+    "a blackout window. `false`: they wait for the window to end, but an evacuation of "
+    "a placement that breaks an enforced rule no longer than `drain_within` allows.",
     "policy:migration.planning_horizon": "A move must pay back what it costs within this "
     "time: the new replicas running alongside the old through the workload's "
     "`warmup_seconds` plus `drain_timeout`, and the model copied to each new region "

@@ -289,3 +289,78 @@ def test_a_blocklisted_offer_is_left_out_of_the_market(store: Store, tmp_path: P
     store.blocklist.add(WEST4.key, until=NOW + timedelta(hours=1), reason="no capacity", now=NOW)
     world.tick(6)
     assert store.workloads.placements("chat") == [(WEST1.key, 2)]
+
+
+def test_a_hard_violation_not_drained_within_drain_within_is_logged_counted_and_remembered(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    from structlog.testing import capture_logs
+
+    from arbiter.daemon import Daemon
+
+    world = World(store, tmp_path)
+    strict = POLICY + "  on_hard_violation: {drain_within: 10m}\n"
+    world.policy_file.write_text(strict)
+    world.prices(west4=1.0, us=0.3)
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+    daemon = Daemon(
+        world.reconciler.settings, store.engine, CATALOG, database_url=store_url, clock=world.clock
+    )
+    assert daemon.try_lead()
+    daemon.reconciler = world.reconciler
+
+    # europe-west4 is excluded; nothing else in the EU has a price: it cannot be drained
+    world.policy_file.write_text(
+        strict.replace(
+            "jurisdictions: [EU]}", "jurisdictions: [EU], exclude_regions: [gcp:europe-west4]}"
+        )
+    )
+    first_seen = world.clock.now()
+    with capture_logs() as logs:
+        daemon.try_lead()
+        daemon.reconcile()
+        world.clock.advance(timedelta(minutes=9))
+        world.prices(west4=1.0, us=0.3)
+        daemon.try_lead()
+        daemon.reconcile()
+    assert store.violations.all() == {"chat": first_seen}
+    assert [e for e in logs if e["event"] == "hard violation not drained in time"] == []
+    assert daemon.reconcile_stats["violations_overdue"] == 0
+
+    world.clock.advance(timedelta(minutes=2))
+    world.prices(west4=1.0, us=0.3)
+    with capture_logs() as logs:
+        daemon.try_lead()
+        daemon.reconcile()
+        daemon.try_lead()
+        daemon.reconcile()
+    (error,) = [e for e in logs if e["event"] == "hard violation not drained in time"]  # once
+    assert error["log_level"] == "error" and error["workload"] == "chat"
+    assert error["since"] == first_seen.isoformat()
+    assert error["deadline"] == (first_seen + timedelta(minutes=10)).isoformat()
+    assert error["violations"] == f"{WEST4.key}: eu-residency: gcp:europe-west4 is excluded by name"
+    assert daemon.reconcile_stats["violations_overdue"] == 1
+
+    # a restarted daemon keeps the first sighting: the deadline does not move
+    restarted = Reconciler(
+        store,
+        world.reconciler.migrator,
+        world.reconciler.settings,
+        CATALOG,
+        world.clock,
+        stale_after={"test": 3600},
+    )
+    with capture_logs() as logs:
+        result = restarted.tick()
+    assert [o.since for o in result.plan.overdue] == [first_seen]
+    assert store.violations.all() == {"chat": first_seen}
+    again = [e["workload"] for e in logs if e["event"] == "hard violation not drained in time"]
+    assert again == ["chat"]  # said again by the new process
+
+    # the rule is lifted: nothing violates any more and the memory is cleared
+    world.policy_file.write_text(strict)
+    with capture_logs() as logs:
+        result = restarted.tick()
+    assert result.plan.overdue == () and store.violations.all() == {}
+    assert any(e["event"] == "hard violation drained" for e in logs)

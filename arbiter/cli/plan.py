@@ -3,7 +3,8 @@
 Read-only: the same decide-and-plan code as the daemon's reconcile pass, on the store's
 newest market (or a snapshot file), against what runs and the migrations in flight —
 nothing is recorded, nothing is started. Plan wording follows Terraform: ``+`` place,
-``~`` move, ``-`` release, ``!`` evacuate (urgent), ``=`` held, with ``# because``.
+``~`` move, ``-`` release, ``!`` evacuate (urgent), ``=`` held, with ``# because``;
+``!!`` marks a hard violation still running past its ``drain_within``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def plan_dict(a: Any, *, mode: str, killed: bool) -> dict[str, Any]:
         "held": [
             {"workload": h.workload, "gate": h.gate.value, "detail": h.detail} for h in a.plan.holds
         ],
+        "overdue": [
+            {
+                "workload": o.workload,
+                "since": o.since.isoformat(),
+                "deadline": o.deadline.isoformat(),
+                "detail": o.detail,
+            }
+            for o in a.plan.overdue
+        ],
     }
 
 
@@ -74,12 +84,23 @@ def render_plan(a: Any, *, mode: str, killed: bool) -> str:
     for h in a.plan.holds:
         out.append(f"= {h.workload}  held by {h.gate.value}")
         out.append(f"      # {h.detail}")
+    for o in a.plan.overdue:
+        out.append(f"!! {o.workload}  hard violation past on_hard_violation.drain_within")
+        out.append(
+            f"      # since {o.since:%Y-%m-%d %H:%MZ}, to be drained by "
+            f"{o.deadline:%Y-%m-%d %H:%MZ}: {o.detail}"
+        )
     counts = {k: sum(1 for m in a.plan.moves if m.kind.value == k) for k in SYMBOL}
     out.append("")
     out.append(
         f"Plan: {counts['place']} to place, {counts['move']} to move, "
         f"{counts['evacuate']} to evacuate, {counts['release']} to release; "
-        f"{len(a.plan.holds)} held; {len(a.unfinished)} migration(s) in flight."
+        f"{len(a.plan.holds)} held; {len(a.unfinished)} migration(s) in flight"
+        + (
+            f"; {len(a.plan.overdue)} hard violation(s) past drain_within."
+            if a.plan.overdue
+            else "."
+        )
     )
     if mode == "recommend":
         out.append("Mode recommend: the daemon logs these moves and starts none.")

@@ -564,6 +564,8 @@ class _World:
         self.book_key = book_key
         self.fleets = {w.name: _Fleet(w) for w in workloads}
         self.pending: dict[str, datetime] = {}
+        self.violating: dict[str, datetime] = {}
+        """Since when each workload breaks an enforced rule (on_hard_violation.drain_within)."""
         self.notices: dict[str, datetime] = {}
         """Offer key → until when it is out of the market (interruption notice)."""
         self.blocked: dict[str, datetime] = {}
@@ -883,8 +885,10 @@ class _Engine:
             now=at,
             pending_since=world.pending,
             in_flight_total=world.in_flight(at),
+            violating_since=world.violating,
         )
         world.pending = dict(result.pending_since)
+        world.violating = dict(result.violating_since)
         failed = False
         for move in result.moves:
             failed |= not self._apply(world, move, at, first)

@@ -30,6 +30,16 @@ workload runs short until spot capacity is back there (the executor re-acquires 
 the decision finds spot capacity elsewhere for them, which is moved to at once. A
 placement that also breaks an enforced rule is evacuated as usual: rules come first.
 
+A placement that breaks an enforced rule must be drained within the policy's
+``on_hard_violation.drain_within``, counted from when the planner first saw it (the
+``violating_since`` memory, carried from plan to plan like ``pending_since``). With
+``ignore_blackout`` false an evacuation waits out a blackout window only as long as it
+can still finish in time (the workload's warm-up plus ``drain_timeout`` before the
+deadline); a violation still there at the deadline — no compliant placement, its
+evacuation still in flight, moves not started (``recommend`` mode, the kill switch) —
+is reported in :attr:`Plan.overdue`. An interruption notice alone does not start the
+clock: the provider's deadline governs it.
+
 Pure: everything, including ``now`` and the pending-since memory, is an argument.
 """
 
@@ -38,7 +48,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -116,11 +126,29 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class Overdue:
+    """A hard violation still running past its ``drain_within``."""
+
+    workload: str
+    since: datetime
+    """When the planner first saw the violation."""
+    deadline: datetime
+    """``since`` + ``on_hard_violation.drain_within``."""
+    detail: str
+    """Each placement's excluding rules."""
+
+
+@dataclass(frozen=True)
 class Plan:
     moves: tuple[PlannedMove, ...]
     holds: tuple[Hold, ...]
     pending_since: Mapping[str, datetime] = field(default_factory=dict)
     """When each workload's better placement was first seen (carried to the next plan)."""
+    violating_since: Mapping[str, datetime] = field(default_factory=dict)
+    """When each workload's placements were first seen breaking an enforced rule
+    (carried to the next plan)."""
+    overdue: tuple[Overdue, ...] = ()
+    """Hard violations not drained within ``on_hard_violation.drain_within``."""
 
 
 @dataclass(frozen=True)
@@ -165,18 +193,11 @@ def cost_per_hour(
     return total, missing
 
 
-def violations(
-    placements: Sequence[Placement],
-    evaluator: WorkloadEvaluator,
-    interrupted: frozenset[str] = frozenset(),
-) -> list[str]:
-    """Why current placements are no longer allowed, per offer: an interruption notice
-    on it (``interrupted`` offer keys), and each excluding rule."""
+def violations(placements: Sequence[Placement], evaluator: WorkloadEvaluator) -> list[str]:
+    """Why current placements are no longer allowed: each excluding rule, per offer."""
     states = _states(evaluator)
     out = []
     for p in placements:
-        if p.offer.key in interrupted:
-            out.append(f"{p.offer.key}: interruption notice")
         state = states.get(p.offer.key)
         if state is None:
             # Region rules can still be judged without a price: a placement in a
@@ -298,11 +319,13 @@ def plan(
     now: datetime,
     pending_since: Mapping[str, datetime],
     in_flight_total: int = 0,
+    violating_since: Mapping[str, datetime] | None = None,
 ) -> Plan:
     """The moves to start now and the reasons others wait.
 
     ``current`` holds every workload that runs (including ones no longer in the
-    workload files, which are released); ``pending_since`` is the previous plan's.
+    workload files, which are released); ``pending_since`` and ``violating_since`` are
+    the previous plan's.
     The decisions must have been made on a market without the interrupted and
     blocklisted offers (the shell takes them out), so they point elsewhere.
     Urgent moves come first; within a kind, the largest saving first.
@@ -310,6 +333,8 @@ def plan(
     moves: list[PlannedMove] = []
     holds: list[Hold] = []
     pending: dict[str, datetime] = {}
+    violating: dict[str, datetime] = {}
+    overdue: list[Overdue] = []
     known = {i.workload.name for i in inputs}
     for name in sorted(set(current) - known):
         cur = current[name]
@@ -332,10 +357,23 @@ def plan(
         name = item.workload.name
         cur = current.get(name, Current(()))
         desired = item.decision.placements
+        broken = violations(cur.placements, item.evaluator)
+        if broken:
+            since = (violating_since or {}).get(name, now)
+            violating[name] = since
+            deadline = since + timedelta(
+                seconds=item.evaluator.terms.migration.on_hard_violation.drain_within
+            )
+            if now >= deadline:
+                overdue.append(Overdue(name, since, deadline, "; ".join(broken)))
         if cur.in_flight:
             holds.append(Hold(name, Gate.IN_FLIGHT, "a migration is under way"))
             continue
-        bad = violations(cur.placements, item.evaluator, cur.interrupted)
+        bad = [
+            f"{p.offer.key}: interruption notice"
+            for p in cur.placements
+            if p.offer.key in cur.interrupted
+        ] + broken
         complete = item.decision.placed and not item.decision.unplaceable_reasons
         if not cur.placements:
             if complete:
@@ -361,11 +399,7 @@ def plan(
             continue
         terms = item.evaluator.terms.migration
         if bad:
-            wait = (
-                None
-                if violations(cur.placements, item.evaluator)
-                else (waiting_for_spot(cur, desired, item.evaluator))
-            )
+            wait = None if broken else waiting_for_spot(cur, desired, item.evaluator)
             if wait is not None:
                 holds.append(Hold(name, Gate.WAITING_FOR_SPOT, wait))
                 continue
@@ -460,8 +494,25 @@ def plan(
         if move.kind is not MoveKind.PLACE:
             window = in_blackout(terms.blackout, now)
             if window and not (move.urgent and terms.on_hard_violation.ignore_blackout):
-                holds.append(Hold(move.workload, Gate.BLACKOUT, f"in blackout {window!r}"))
-                continue
+                # an evacuation of a rule violation waits out the window only while it
+                # can still be drained within on_hard_violation.drain_within
+                violated = violating.get(move.workload) if move.urgent else None
+                due = _latest_start(by_name[move.workload], violated)
+                if due is None or now < due[1]:
+                    detail = f"in blackout {window!r}"
+                    if due is not None:
+                        detail += (
+                            f"; the hard violation must be drained by {due[0]:%Y-%m-%d %H:%MZ} "
+                            f"(on_hard_violation.drain_within), so the evacuation starts by "
+                            f"{due[1]:%H:%MZ} at the latest"
+                        )
+                    holds.append(Hold(move.workload, Gate.BLACKOUT, detail))
+                    continue
+                move = replace(
+                    move,
+                    reason=f"{move.reason} (starts inside blackout {window!r}: "
+                    f"on_hard_violation.drain_within ends at {due[0]:%Y-%m-%d %H:%MZ})",
+                )
             if not move.urgent and running >= terms.max_concurrent_drains:
                 holds.append(
                     Hold(
@@ -495,4 +546,22 @@ def plan(
         pending.pop(move.workload, None)
         moves.append(move)
         running += 1
-    return Plan(moves=tuple(moves), holds=tuple(holds), pending_since=pending)
+    return Plan(
+        moves=tuple(moves),
+        holds=tuple(holds),
+        pending_since=pending,
+        violating_since=violating,
+        overdue=tuple(overdue),
+    )
+
+
+def _latest_start(item: Inputs, since: datetime | None) -> tuple[datetime, datetime] | None:
+    """For a workload breaking an enforced rule since ``since``: when it must be drained
+    (``drain_within`` later) and the latest time its evacuation can start to finish by
+    then (the new replicas' warm-up and the old ones' drain); None without a violation."""
+    if since is None:
+        return None
+    terms = item.evaluator.terms.migration
+    deadline = since + timedelta(seconds=terms.on_hard_violation.drain_within)
+    takes = timedelta(seconds=item.workload.warmup_seconds + terms.drain_timeout)
+    return deadline, deadline - takes

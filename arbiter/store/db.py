@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 """The Alembic head the tables of :mod:`arbiter.store.schema` correspond to (a test
 keeps it equal to the newest migration). Read-only commands compare it with
 ``alembic_version`` without loading Alembic or SQLAlchemy, which keeps them fast to

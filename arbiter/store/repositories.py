@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from arbiter.domain.decisions import Decision
@@ -1048,22 +1048,26 @@ class BlocklistRepository:
 
 
 class PendingRepository:
-    """The planner's memory: since when each workload's better placement was seen."""
+    """The planner's memory: since when something has held for each workload — its
+    better placement (``planner_pending``, for sustained-for) or its hard violation
+    (``planner_violations``, for drain_within)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, table: Table = t.planner_pending):
         self._engine = engine
+        self._table = table
 
     def all(self) -> dict[str, datetime]:
         with translate_errors("reading planner memory"), self._engine.connect() as conn:
-            return {r.workload: r.since for r in conn.execute(select(t.planner_pending))}
+            return {r.workload: r.since for r in conn.execute(select(self._table))}
 
-    def replace(self, pending: Mapping[str, datetime]) -> None:
+    def replace(self, since: Mapping[str, datetime]) -> None:
+        """Keep exactly these workloads' times (the previous ones are deleted)."""
         with translate_errors("saving planner memory"), self._engine.begin() as conn:
-            conn.execute(delete(t.planner_pending))
-            if pending:
+            conn.execute(delete(self._table))
+            if since:
                 conn.execute(
-                    insert(t.planner_pending),
-                    [{"workload": w, "since": s} for w, s in sorted(pending.items())],
+                    insert(self._table),
+                    [{"workload": w, "since": s} for w, s in sorted(since.items())],
                 )
 
 
@@ -1115,3 +1119,4 @@ class Store:
         self.sources = SourceStatusRepository(engine)
         self.blocklist = BlocklistRepository(engine)
         self.pending = PendingRepository(engine)
+        self.violations = PendingRepository(engine, t.planner_violations)

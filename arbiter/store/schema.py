@@ -288,6 +288,15 @@ planner_pending = Table(
     Column("since", UtcDateTime, nullable=False),
 )
 
+planner_violations = Table(
+    "planner_violations",
+    metadata,
+    # Since when each workload's placements have broken an enforced rule, so a restarted
+    # or new leader does not restart on_hard_violation.drain_within.
+    Column("workload", String(63), primary_key=True),
+    Column("since", UtcDateTime, nullable=False),
+)
+
 leases = Table(
     "leases",
     metadata,

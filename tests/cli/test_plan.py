@@ -142,3 +142,40 @@ def test_the_table_says_what_the_daemon_does_with_the_plan_in_its_mode(
         assert not last.startswith("Mode ")
     else:
         assert last == footer
+
+
+def test_a_hard_violation_past_drain_within_is_listed_and_the_memory_left_as_it_was(
+    site: tuple[Path, Store],
+) -> None:
+    root, store = site
+    from datetime import timedelta
+
+    from arbiter.policy_loader import load_workloads
+
+    (chat,) = load_workloads([root / "workloads"]).workloads
+    store.workloads.upsert(chat, now=NOW)
+    us = Offer(provider="gcp", region="us-east4", instance_type="g2-standard-4", market="on-demand")
+    store.workloads.set_placements(
+        "chat", [Placement(workload="chat", offer=us, replicas=2)], now=NOW
+    )
+    since = NOW - timedelta(hours=2)
+    store.violations.replace({"chat": since})
+    body = plan(root)
+    (overdue,) = body["overdue"]  # type: ignore[misc]
+    assert overdue["workload"] == "chat" and overdue["since"] == since.isoformat()
+    assert overdue["deadline"] == (since + timedelta(hours=1)).isoformat()  # default 1 h
+    assert overdue["detail"].startswith(f"{us.key}: eu-residency: ")
+    assert [m["kind"] for m in body["moves"]] == ["evacuate"]  # type: ignore[attr-defined]
+    assert store.violations.all() == {"chat": since}
+
+    result = CliRunner().invoke(
+        cli, ["--config", str(root / "config.toml"), "plan"], obj=Context(None, None)
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    at = lines.index("!! chat  hard violation past on_hard_violation.drain_within")
+    assert lines[at + 1].startswith(
+        f"      # since {since:%Y-%m-%d %H:%MZ}, to be drained by "
+        f"{since + timedelta(hours=1):%Y-%m-%d %H:%MZ}: {us.key}: eu-residency: "
+    )
+    assert "1 hard violation(s) past drain_within." in lines[-2]

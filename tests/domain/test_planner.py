@@ -81,6 +81,7 @@ def run(
     *,
     now: datetime = NOW,
     pending: dict[str, datetime] | None = None,
+    violating: dict[str, datetime] | None = None,
     replicas: int = 3,
     tolerance: str = "low",
     **current: object,
@@ -93,7 +94,7 @@ def run(
     outcome = decide([w], book, snap, CATALOG, now)
     inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
     cur = {"chat": Current(running, **current)} if running or current else {}  # type: ignore[arg-type]
-    return plan(inputs, cur, now=now, pending_since=pending or {})
+    return plan(inputs, cur, now=now, pending_since=pending or {}, violating_since=violating or {})
 
 
 def test_a_new_workload_is_placed_at_once() -> None:
@@ -380,3 +381,91 @@ def test_without_fallback_a_new_workload_is_still_placed_on_on_demand() -> None:
     result = run({WEST4: 1.0}, (), policy(spot={"fallback": "none"}), tolerance="high")
     (move,) = result.moves
     assert move.kind is MoveKind.PLACE and move.target == (placed(WEST4, 3),)
+
+
+# ------------------------------------------------ on_hard_violation.drain_within
+
+
+def test_a_hard_violation_is_remembered_from_when_it_was_first_seen() -> None:
+    first = run({WEST4: 1.0, US: 0.2}, (placed(US, 3),), in_flight=True)
+    assert first.violating_since == {"chat": NOW}
+    later = run(
+        {WEST4: 1.0, US: 0.2},
+        (placed(US, 3),),
+        now=NOW + timedelta(minutes=5),
+        violating=dict(first.violating_since),
+    )
+    assert later.violating_since == {"chat": NOW}
+    assert [m.kind for m in later.moves] == [MoveKind.EVACUATE]
+
+
+def test_a_compliant_workload_has_no_violation_to_remember() -> None:
+    result = run({WEST4: 1.0}, (placed(WEST4, 3),), violating={"chat": NOW - timedelta(hours=1)})
+    assert result.violating_since == {} and result.overdue == ()
+
+
+def test_an_interruption_alone_does_not_start_the_violation_clock() -> None:
+    """The provider's own deadline governs an interruption; drain_within is for
+    placements that break an enforced rule."""
+    result = run({WEST4: 1.0}, (placed(WEST1, 3),), interrupted=frozenset({WEST1.key}))
+    assert [m.kind for m in result.moves] == [MoveKind.EVACUATE]
+    assert result.violating_since == {}
+
+
+def test_a_violation_not_drained_within_drain_within_is_overdue() -> None:
+    pol = policy(on_hard_violation={"drain_within": "1h"})
+    # only the violating region has offers: nothing compliant to move to
+    early = run({US: 0.2}, (placed(US, 3),), pol, violating={"chat": NOW - timedelta(minutes=59)})
+    assert early.overdue == ()
+    late = run({US: 0.2}, (placed(US, 3),), pol, violating={"chat": NOW - timedelta(hours=2)})
+    (overdue,) = late.overdue
+    assert overdue.workload == "chat"
+    assert overdue.since == NOW - timedelta(hours=2)
+    assert overdue.deadline == NOW - timedelta(hours=1)
+    assert "eu-residency" in overdue.detail and US.key in overdue.detail
+    assert [h.gate for h in late.holds] == [Gate.UNPLACEABLE]
+
+
+def test_a_violation_whose_evacuation_is_still_in_flight_past_drain_within_is_overdue() -> None:
+    pol = policy(on_hard_violation={"drain_within": "30m"})
+    result = run(
+        {WEST4: 1.0, US: 0.2},
+        (placed(US, 3),),
+        pol,
+        in_flight=True,
+        violating={"chat": NOW - timedelta(minutes=31)},
+    )
+    assert [h.gate for h in result.holds] == [Gate.IN_FLIGHT]
+    assert [o.workload for o in result.overdue] == ["chat"]
+    assert result.violating_since == {"chat": NOW - timedelta(minutes=31)}
+
+
+def test_an_evacuation_that_must_wait_out_a_blackout_starts_in_time_to_drain_within() -> None:
+    """ignore_blackout false: the evacuation waits for the window to end, but no longer
+    than leaves it time to finish (warm-up 5 min + drain_timeout 5 min) by the end of
+    drain_within."""
+    pol = policy(
+        blackout=["Mon-Fri 08:00-18:00 Europe/Berlin"],
+        on_hard_violation={"drain_within": "2h", "ignore_blackout": False},
+    )
+    prices = {WEST4: 1.0, US: 0.2}
+    waiting = run(prices, (placed(US, 3),), pol, violating={"chat": NOW - timedelta(minutes=100)})
+    assert waiting.moves == ()
+    (hold,) = waiting.holds
+    assert hold.gate is Gate.BLACKOUT
+    assert "drained by 2025-06-02 09:20Z" in hold.detail
+    assert "starts by 09:10Z" in hold.detail
+    due = run(prices, (placed(US, 3),), pol, violating={"chat": NOW - timedelta(minutes=110)})
+    (move,) = due.moves
+    assert move.kind is MoveKind.EVACUATE and move.urgent
+    assert "inside blackout" in move.reason and "drain_within" in move.reason
+    assert due.overdue == ()
+
+
+def test_with_ignore_blackout_an_evacuation_starts_in_a_blackout_at_once() -> None:
+    pol = policy(
+        blackout=["Mon-Fri 08:00-18:00 Europe/Berlin"],
+        on_hard_violation={"drain_within": "2h", "ignore_blackout": True},
+    )
+    result = run({WEST4: 1.0, US: 0.2}, (placed(US, 3),), pol)
+    assert [m.kind for m in result.moves] == [MoveKind.EVACUATE]

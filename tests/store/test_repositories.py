@@ -701,3 +701,16 @@ def test_retention_keeps_the_newest_carbon_reading_of_every_series_however_old(
     assert removed["carbon"] == 1
     kept = {(r.source, r.value) for r, _ in store.carbon.latest()}
     assert kept == {("em", 350), ("static", 300)}
+
+
+def test_the_planners_memories_are_each_replaced_whole_and_kept_apart(store: Store) -> None:
+    """Sustained-for (pending) and drain_within (violations) times per workload."""
+    store.pending.replace({"chat": T0})
+    store.violations.replace({"chat": T0 - timedelta(hours=1), "batch": T0})
+    assert store.pending.all() == {"chat": T0}
+    assert store.violations.all() == {"chat": T0 - timedelta(hours=1), "batch": T0}
+    store.violations.replace({"batch": T0})
+    assert store.violations.all() == {"batch": T0}
+    assert all(s.tzinfo is not None for s in store.violations.all().values())
+    store.violations.replace({})
+    assert store.violations.all() == {} and store.pending.all() == {"chat": T0}
