@@ -114,6 +114,7 @@ The domain reads no clock: ``solve_seconds`` is HiGHS's own run time.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -1509,7 +1510,8 @@ def _greedy_start(
     col_order = np.lexsort((price, w_of))
     starts = np.searchsorted(w_of[col_order], np.arange(len(d.replicas) + 1))
 
-    for w in np.argsort(per_unit, kind="stable").tolist():
+    present = np.unique(w_of)
+    for w in present[np.argsort(per_unit[present], kind="stable")].tolist():
         mine = col_order[starts[w] : starts[w + 1]].tolist()
         if not mine or done[w]:
             continue
@@ -1578,11 +1580,15 @@ class _Columns:
         self.region: list[int] = p.offer_region[offers].tolist()
         self.provider: list[int] = p.offer_provider[offers].tolist()
         self.spot: list[bool] = p.offer_spot[offers].tolist()
+        # Each workload's columns (only those of the model's workloads: a part's
+        # model holds a few of many).
         order = np.argsort(self.workload, kind="stable")
-        bounds = np.searchsorted(self.workload[order], np.arange(len(d.replicas) + 1))
-        self.of: list[list[int]] = [
-            order[bounds[w] : bounds[w + 1]].tolist() for w in range(len(d.replicas))
-        ]
+        present, first = np.unique(self.workload[order], return_index=True)
+        self.of: dict[int, list[int]] = {
+            w: chunk.tolist()
+            for w, chunk in zip(present.tolist(), np.split(order, first[1:]), strict=True)
+        }
+        self.present: IntArray = present
         self.gpus: list[float] = d.gpus.tolist()
         self.group: list[int] = d.budget_group.tolist()
 
@@ -1645,7 +1651,7 @@ def _lp_start(
     # Whole workloads first (together they keep every shared row, as in the LP), then
     # the others, fewest fractional columns first.
     n_frac = np.bincount(cs.workload[fractional], minlength=len(d.replicas))
-    for w in np.lexsort((np.arange(len(d.replicas)), n_frac)).tolist():
+    for w in cs.present[np.argsort(n_frac[cs.present], kind="stable")].tolist():
         mine = cs.of[w]
         if not mine:
             continue
@@ -1713,7 +1719,10 @@ def _place_rest(
     room = dataclasses.replace(c, capacity=np.maximum(np.asarray(free), 0.0))
     budgets = [max(b, 0.0) for b in left[:-1]]
     mine = np.flatnonzero(rest[cs.workload])
-    sub = _build(dataclasses.replace(p, budgets=budgets), d, room, model.cols[mine])
+    # A copy with the budgets left, not re-checked: the arrays are the checked ones.
+    within = copy.copy(p)
+    object.__setattr__(within, "budgets", tuple(budgets))
+    sub = _build(within, d, room, model.cols[mine])
     h = _highs(sub, time_limit=time_limit, mip_rel_gap=_START_GAP)
     cost, _ = _penalised(sub)
     h.changeColsCost(sub.n_vars, np.arange(sub.n_vars, dtype=np.int32), cost)
@@ -1749,7 +1758,7 @@ def _improve(
     helps."""
     x = x.copy()
     free, left = cs.room(p, d, c, x)
-    for w in np.flatnonzero(which).tolist():
+    for w in cs.present[which[cs.present]].tolist():
         mine = cs.of[w]
         placed = {j: int(x[j]) for j in mine if x[j] > 0.5}
         if not placed:
@@ -1808,6 +1817,8 @@ class _Run:
     phase: int = 2
     """The phase the run ended in: 1 when time ran out in phase one (``gap`` and
     ``bound`` are then of the missing units), else 2 (of the cost)."""
+    whole: bool = False
+    """Stopped because the whole problem was within the gap (see :class:`_Whole`)."""
 
 
 def _highs(
@@ -2197,16 +2208,25 @@ def _solve_model(
     mip_rel_gap: float,
     mip_abs_gap: float = 0.0,
     fewest_bound: float | None = None,
+    whole: Callable[[float, float], bool] | None = None,
+    lp: highspy.Highs | None = None,
 ) -> _Run:
     """Phase one: the fewest missing units (skipped when the start misses none, as
     none is the least, or no more than ``fewest_bound`` or the LP relaxation's bound
     on them, rounded up). Phase two: the cheapest placement missing no more. Each runs
     plainly for a moment; if that does not settle it, it runs again with the aids:
-    the budget floors and a rounded start for phase one, a RINS start for phase two."""
+    the budget floors and a rounded start for phase one, a RINS start for phase two.
+
+    Phase two stops early when ``whole`` (called with the best cost and a bound so
+    far) says the whole problem is within the gap: at once if the LP relaxation's bound
+    already makes it so (``lp``: HiGHS holding the model's solved LP, re-solved for
+    phase two), else as soon as HiGHS's bound or the Lagrangian one (:func:`_lift`,
+    an aid) does."""
     # HiGHS's run time is counted over every run of one instance; the time limit is
     # per run. ``elsewhere``: the seconds of the aids' own solves.
     h = _highs(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap)
     elsewhere, solves = 0.0, 0
+    given = model  # ``lp``'s rows: phase one's aids may add some to ``model``
 
     def left() -> float:
         return time_limit - elsewhere - float(h.getRunTime())
@@ -2215,6 +2235,7 @@ def _solve_model(
         h.setOptionValue("time_limit", max(min(seconds, left()), 1e-3))
         run = _run_once(h, values)
         run.seconds = elsewhere + float(h.getRunTime())
+        run.whole = h.getModelStatus() == highspy.HighsModelStatus.kInterrupt
         return run
 
     fewest, aided = start, False
@@ -2267,11 +2288,43 @@ def _solve_model(
         model.slack.astype(np.int32),
         model.slack_units,
     )
+    relaxed, floor = None, [-math.inf]  # phase two's bound so far, for the callback
+    if lp is not None and whole is not None:
+        relaxed, seconds = _cost_lp(lp, given, _missing(model, fewest))
+        elsewhere += seconds
+        floor[0] = relaxed.value if relaxed is not None else -math.inf
+
+    def enough(values: FloatArray) -> _Run | None:
+        """The run, when ``values`` and the bound so far make the whole within the gap."""
+        cost = float(model.cost @ values)
+        if whole is None or not whole(cost, floor[0]):
+            return None
+        return _Run(
+            values=values,
+            optimal=False,
+            time_limited=False,
+            gap=(cost - floor[0]) / abs(cost) if abs(cost) > _EPS else 0.0,
+            seconds=elsewhere + float(h.getRunTime()),
+            solves=solves + 1,
+            bound=floor[0],
+            whole=True,
+        )
+
+    if (done := enough(fewest)) is not None:
+        return done
+    if whole is not None:
+        _stop_when(h, whole, floor)
     second = attempt(fewest, _QUICK) if _QUICK > 0 else None
-    if second is None or (not second.optimal and left() > 0):
+    if second is None or (not second.optimal and not second.whole and left() > 0):
         better = fewest
         if second is not None and model.cost @ second.values < model.cost @ fewest:
             better = second.values
+        if relaxed is not None and whole is not None:
+            lifted, seconds = _lift(given, c, relaxed, better, whole, time_limit=_AIDS * left())
+            elsewhere += seconds
+            floor[0] = max(floor[0], lifted)
+            if (done := enough(better)) is not None:
+                return done
         # The rounded start when it misses no more (unless phase one had it already),
         # else RINS around the best placement so far.
         rounded = better
@@ -2293,7 +2346,164 @@ def _solve_model(
             elsewhere += seconds
         second = attempt(rounded, math.inf)
     second.solves = solves + 1
+    second.bound = max(second.bound, floor[0])
     return second
+
+
+def _stop_when(
+    h: highspy.Highs, whole: Callable[[float, float], bool], floor: Sequence[float]
+) -> None:
+    """Interrupt HiGHS's MILP search as soon as ``whole`` says its best placement and
+    bound so far (or ``floor[0]``, a bound found elsewhere, if higher) leave the
+    whole problem within the gap."""
+
+    def check(event: highspy.HighsCallbackEvent) -> None:
+        out = event.data_out
+        if math.isfinite(out.mip_primal_bound) and whole(
+            out.mip_primal_bound, max(out.mip_dual_bound, floor[0])
+        ):
+            event.interrupt()
+
+    h.cbMipInterrupt.subscribe(check)
+
+
+@dataclass(frozen=True, eq=False)
+class _Relaxed:
+    """Phase two's LP relaxation (the real cost; no more missing units than
+    ``missing``): its value, solution and row duals (the model's rows, then the row
+    on the missing units)."""
+
+    value: float
+    x: FloatArray
+    dual: FloatArray
+    missing: float
+
+
+def _cost_lp(h: highspy.Highs, model: _Model, missing: float) -> tuple[_Relaxed | None, float]:
+    """Phase two's LP relaxation, from HiGHS holding the model's solved LP (its basis
+    makes the re-solve short), and the seconds spent."""
+    before = float(h.getRunTime())
+    h.changeColsCost(model.n_vars, np.arange(model.n_vars, dtype=np.int32), model.cost)
+    h.changeObjectiveOffset(0.0)
+    h.setOptionValue("time_limit", math.inf)
+    k = round(missing)
+    h.addRow(
+        -highspy.kHighsInf,
+        k - model.units_offset + 1e-9,
+        len(model.slack),
+        model.slack.astype(np.int32),
+        model.slack_units,
+    )
+    h.run()
+    seconds = float(h.getRunTime()) - before
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None, seconds
+    solution = h.getSolution()
+    relaxed = _Relaxed(
+        value=float(h.getInfo().objective_function_value),
+        x=np.asarray(solution.col_value, dtype=np.float64),
+        dual=np.asarray(solution.row_dual, dtype=np.float64),
+        missing=float(k),
+    )
+    return relaxed, seconds
+
+
+def _lift(
+    model: _Model,
+    c: _Candidates,
+    relaxed: _Relaxed,
+    placement: FloatArray,
+    whole: Callable[[float, float], bool],
+    *,
+    time_limit: float,
+) -> tuple[float, float]:
+    """A bound on phase two's cost tighter than its LP relaxation's, and the seconds
+    spent: the Lagrangian relaxation of the rows that workloads share (capacity,
+    budgets, the missing units), priced at the LP's duals ``y``. Without those rows
+    the model falls apart into one block per workload, and
+
+        L = Σ_shared y_i·b_i + Σ_blocks min over the block's integer placements of (c − yA)·x
+
+    is at most the cost of every placement (each shared row holds, and the sign of
+    ``y_i`` says which of its bounds ``b_i`` is tight). Over the blocks' LP
+    relaxations instead of their integer placements the sum is the LP's value, and
+    the LP's solution is the minimum of each block; so L is the LP's value plus, per
+    block, how much more its integer minimum is. A block the LP places whole adds
+    nothing; the others are small MILPs, solved in batches, the block with the most
+    to add first (at most what ``placement`` costs it, at the same prices). Stops
+    when ``whole`` is content (called with the cost of ``placement``) or at
+    ``time_limit``; HiGHS's own cuts close such gaps far more slowly."""
+    n_rows = len(model.row_lower)
+    rows = np.repeat(np.arange(n_rows), np.diff(model.start))
+    owners = _owners(model, c)
+    owner = owners[model.index]
+    has = owner >= 0
+    low = np.full(n_rows, np.iinfo(np.int64).max)
+    high = np.full(n_rows, -1)
+    np.minimum.at(low, rows[has], owner[has])
+    np.maximum.at(high, rows[has], owner[has])
+    shared = (high >= 0) & (low != high)
+    dual = np.where(shared, relaxed.dual[:n_rows], 0.0)
+    price = model.cost - np.bincount(
+        model.index, weights=model.value * dual[rows], minlength=model.n_vars
+    )
+    price[model.slack] -= relaxed.dual[n_rows] * model.slack_units
+    keep = ~shared[rows]
+    start = np.zeros(n_rows - int(shared.sum()) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=n_rows)[~shared], out=start[1:])
+    blocks = dataclasses.replace(
+        model,
+        cost=price,
+        row_lower=model.row_lower[~shared],
+        row_upper=model.row_upper[~shared],
+        start=start,
+        index=model.index[keep],
+        value=model.value[keep],
+    )
+    x = relaxed.x
+    block = _components(blocks, np.ones(model.n_vars, dtype=np.bool_))
+    fractional = (owners >= 0) & (np.abs(x - np.rint(x)) > 1e-6)
+    open_ = np.unique(block[fractional])
+    members = np.flatnonzero(np.isin(block, open_))
+    of = np.searchsorted(open_, block[members])
+    at_lp = np.bincount(of, weights=price[members] * x[members], minlength=len(open_))
+    at_placement = np.bincount(
+        of, weights=price[members] * placement[members], minlength=len(open_)
+    )
+    # Blocks with the most to add first, in batches of about _LIFT_VARIABLES.
+    rank = np.argsort(-(at_placement - at_lp), kind="stable")
+    order = np.lexsort((members, np.argsort(rank)[of]))
+    members, of = members[order], of[order]
+    size = np.bincount(of, minlength=len(open_))
+    batch = np.cumsum(size[rank]) // _LIFT_VARIABLES
+    batch_of = np.empty(len(open_), dtype=np.int64)
+    batch_of[rank] = batch
+    bound, seconds = relaxed.value, 0.0
+    cost = float(model.cost @ placement)
+    for b in range(int(batch[-1]) + 1 if len(batch) else 0):
+        if seconds >= time_limit or whole(cost, bound):
+            break
+        mine = np.flatnonzero(batch_of == b)
+        if not len(mine):
+            continue
+        keep_vars = np.sort(members[np.isin(of, mine)])
+        h = _highs(
+            _submodel(blocks, keep_vars, x),
+            time_limit=time_limit - seconds,
+            mip_rel_gap=_LIFT_GAP,
+        )
+        h.run()
+        seconds += float(h.getRunTime())
+        floor = float(h.getInfo().mip_dual_bound)
+        if math.isfinite(floor):
+            bound += floor - float(at_lp[mine].sum())
+    return bound, seconds
+
+
+_LIFT_VARIABLES = 150
+"""Variables of the blocks solved together in one MILP by :func:`_lift`."""
+_LIFT_GAP = 1e-4
+"""The blocks' MILPs stop within this gap: their bound is what counts."""
 
 
 def solve(
@@ -2324,6 +2534,7 @@ def solve(
     sizes = np.array([len(part) for part in parts], dtype=np.float64)
 
     clock = _TimeShare(time_limit, float(sizes.sum()))
+    ledger = _Whole(len(parts), mip_rel_gap, mip_abs_gap)
 
     def solve_part(i: int) -> tuple[_Model, _Run]:
         # Each part's share of an absolute gap by its size (the parts' gaps add up to
@@ -2337,7 +2548,10 @@ def solve(
             time_limit=clock.take(float(sizes[i])),
             mip_rel_gap=mip_rel_gap,
             mip_abs_gap=mip_abs_gap * share,
+            whole=lambda cost, bound: ledger.within(i, cost, bound),
         )
+        if run.phase == 2:
+            ledger.within(i, float(model.cost @ run.values), _cost_floor(model, run))
         clock.spent(float(sizes[i]), run.seconds)
         return model, run
 
@@ -2355,6 +2569,33 @@ def solve(
         has_z = model.placed_var >= 0
         chosen[has_z] = run.values[model.placed_var[has_z]] > 0.5
     return _solution(problem, d, c, cols, x, chosen, _summary(runs))
+
+
+class _Whole:
+    """The parts' best costs and bounds so far, for stopping early: the whole's gap
+    is Σ (cost − bound) / Σ cost over the parts (:func:`_summary`), so once every
+    part has a placement and a bound of its cost, a part whose own gap is wider than
+    ``mip_rel_gap`` may stop when the others' narrower ones make up for it. A large
+    part's LP bound is often a little looser than the gap asks while the many small
+    parts are solved to within a fraction of it. Thread-safe."""
+
+    def __init__(self, n_parts: int, mip_rel_gap: float, mip_abs_gap: float) -> None:
+        self._cost = np.full(n_parts, np.nan)
+        self._bound = np.full(n_parts, -np.inf)
+        self._rel, self._abs = mip_rel_gap, mip_abs_gap
+        self._lock = threading.Lock()
+
+    def within(self, part: int, cost: float, bound: float) -> bool:
+        """Record a part's best cost and a bound so far; whether the whole is now
+        within the gap (never before every part has recorded a cost)."""
+        with self._lock:
+            self._cost[part] = cost
+            self._bound[part] = max(self._bound[part], bound)
+            if np.isnan(self._cost).any():
+                return False
+            total = float(self._cost.sum())
+            gap = float(np.maximum(self._cost - self._bound, 0.0).sum())
+            return gap <= max(self._rel * abs(total), self._abs)
 
 
 class _TimeShare:
@@ -2390,9 +2631,11 @@ def _solve_part(
     time_limit: float,
     mip_rel_gap: float,
     mip_abs_gap: float,
+    whole: Callable[[float, float], bool] | None = None,
 ) -> tuple[_Model, _Run]:
     """One part's model and its solve, from the better of the greedy start and (for
-    a part with throughput targets) the LP rounding."""
+    a part with throughput targets) the LP rounding, whose LP also bounds the cost
+    (see :func:`_solve_model` for ``whole``)."""
     model = _build(p, d, c, cols)
     # The greedy start is near the optimum for replica counts; throughput targets it
     # overshoots (cheapest tokens first, whole replicas), so those get the rounding.
@@ -2421,6 +2664,8 @@ def _solve_part(
         mip_rel_gap=mip_rel_gap,
         mip_abs_gap=mip_abs_gap,
         fewest_bound=bound,
+        whole=whole,
+        lp=lp,
     )
     run.seconds += lp_seconds
     return model, run
@@ -2503,20 +2748,22 @@ def _summary(runs: Sequence[tuple[_Model, _Run]]) -> _Summary | None:
         gap = max(first_phase)
     else:
         cost = sum(float(model.cost @ run.values) for model, run in runs)
-        bound = sum(
-            run.bound
-            if math.isfinite(run.bound)
-            else float(model.cost @ run.values) * (1 - run.gap if math.isfinite(run.gap) else 0.0)
-            for model, run in runs
-        )
+        bound = sum(_cost_floor(model, run) for model, run in runs)
         gap = max(cost - bound, 0.0) / abs(cost) if abs(cost) > _EPS else 0.0
     return _Summary(
         gap=gap,
-        optimal=all(run.optimal for _, run in runs),
+        optimal=all(run.optimal or run.whole for _, run in runs),
         time_limited=any(run.time_limited for _, run in runs),
         seconds=sum(run.seconds for _, run in runs),
         solves=max(run.solves for _, run in runs),
     )
+
+
+def _cost_floor(model: _Model, run: _Run) -> float:
+    """A phase-two run's bound on its cost: HiGHS's, or from its gap if it gave none."""
+    if math.isfinite(run.bound):
+        return run.bound
+    return float(model.cost @ run.values) * (1 - run.gap if math.isfinite(run.gap) else 0.0)
 
 
 def _start_from(model: _Model, x: FloatArray, d: _Demands, c: _Candidates) -> FloatArray:

@@ -706,3 +706,101 @@ def test_out_of_time_every_part_still_keeps_every_rule(p: Problem) -> None:
         s = solve(p, time_limit=1e-3)
     check(p, s)
     assert s.optimal or s.time_limited
+
+
+# ------------------------------------------------------------ bounds for stopping early
+
+
+def _phase_two_optimum(model: solver._Model, fewest: int) -> float:
+    """The cheapest placement of the model missing at most ``fewest`` units."""
+    h = solver._highs(model, time_limit=30.0, mip_rel_gap=0.0)
+    h.addRow(
+        -highspy.kHighsInf,
+        fewest - model.units_offset + 1e-9,
+        len(model.slack),
+        model.slack.astype(np.int32),
+        model.slack_units,
+    )
+    h.run()
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    return float(h.getInfo().objective_function_value)
+
+
+@PROPERTY
+@given(MEDIUM)
+def test_the_lagrangian_bound_lies_between_the_lp_bound_and_the_optimum(p: Problem) -> None:
+    d = solver._Demands.of(p.workloads)
+    c = solver._prepare(p, d)
+    cols = solver._reduce(p, d, c)
+    if len(cols) == 0:
+        return
+    model = solver._build(p, d, c, cols)
+    _, _, lp = solver._lp_start(p, d, c, model, time_limit=30.0)
+    assert lp is not None
+    fewest = round(_optimum(model, solver._units_cost(model)) + model.units_offset)
+    relaxed, _ = solver._cost_lp(lp, model, fewest)
+    assert relaxed is not None
+    best = _phase_two_optimum(model, fewest)
+    never: list[float] = []  # the callback's arguments; it never says "enough"
+    lifted, _ = solver._lift(
+        model,
+        c,
+        relaxed,
+        relaxed.x,
+        lambda cost, bound: bool(never.append(bound)),
+        time_limit=30.0,
+    )
+    tol = 1e-6 * max(1.0, abs(best))
+    assert relaxed.value <= best + tol
+    assert relaxed.value - tol <= lifted <= best + tol, (relaxed.value, lifted, best)
+    # Each batch raises the bound, never lowers it.
+    assert all(a <= b + tol for a, b in itertools.pairwise(never))
+
+
+def test_a_part_may_stop_wider_than_the_gap_when_the_others_make_up_for_it() -> None:
+    whole = solver._Whole(2, mip_rel_gap=0.01, mip_abs_gap=0.0)
+    # Part 0 alone is 1.5 % above its bound; nothing is known of part 1 yet.
+    assert not whole.within(0, 100.0, 98.5)
+    # Part 1 is solved exactly: the whole is 1.5 / 200 = 0.75 % above its bound.
+    assert whole.within(1, 100.0, 100.0)
+    # A worse bound later does not undo a better one found earlier.
+    assert whole.within(0, 100.0, 90.0)
+    # A dearer placement of part 1 makes the whole wider than the gap.
+    assert not whole.within(1, 110.0, 100.0)
+
+
+def test_the_lagrangian_bound_of_an_uncoupled_workload_is_its_integer_optimum() -> None:
+    """400 tokens/s in 2 distinct regions, 100 tokens/s for $2/h in one and 200 in the
+    other: whole replicas cost $6/h (1 + 2 or 2 + 1), the LP reaches 400 for $5/h
+    (1 + 1.5). No row is shared, so the Lagrangian bound is the integer optimum."""
+    p = Problem(
+        workloads=[
+            WorkloadDemand(
+                "w",
+                replicas=None,
+                min_throughput=400.0,
+                gpus_per_replica=1,
+                min_distinct_regions=2,
+            )
+        ],
+        col_workload=np.array([0, 0]),
+        col_offer=np.array([0, 1]),
+        col_cost=np.array([2.0, 2.0]),
+        col_throughput=np.array([100.0, 200.0]),
+        offer_region=np.array([0, 1]),
+        offer_provider=np.array([0, 0]),
+        offer_spot=np.array([False, False]),
+        offer_capacity_gpus=np.array([np.inf, np.inf]),
+    )
+    d = solver._Demands.of(p.workloads)
+    c = solver._prepare(p, d)
+    model = solver._build(p, d, c, solver._reduce(p, d, c))
+    _, _, lp = solver._lp_start(p, d, c, model, time_limit=30.0)
+    assert lp is not None
+    relaxed, _ = solver._cost_lp(lp, model, 0)
+    assert relaxed is not None
+    lifted, _ = solver._lift(
+        model, c, relaxed, relaxed.x, lambda cost, bound: False, time_limit=30.0
+    )
+    assert math.isclose(relaxed.value, 5.0, abs_tol=1e-6)
+    assert math.isclose(lifted, 6.0, abs_tol=1e-6)
