@@ -45,7 +45,12 @@ through budget groups; the workloads connected by those fall apart into independ
 groups, and the cheapest placement of the whole is the cheapest of each. Each group
 is solved as a MILP of its own (small ones together, :func:`_parts`), with its share
 of the time; the whole's gap is Σ (cost − bound) / Σ cost over the parts, so parts
-within ``mip_rel_gap`` each make a whole within it.
+within ``mip_rel_gap`` each make a whole within it. The gap asked for is the whole's:
+once every part has a placement and a bound, a part whose own gap is wider may stop
+when the others' narrower gaps make up for it (:class:`_Whole`). For a large part
+the bound that gets there first is usually not HiGHS's but the Lagrangian one
+(:func:`_lift`): the rows workloads share priced at the LP's duals, each workload's
+own small MILP solved exactly.
 
 **Bounds.** The LP relaxation is tightened by rows every integer placement keeps, so
 the proof is short: the rounding of each throughput row at its cheapest levels, and
@@ -296,7 +301,8 @@ class Solution:
     more replicas some placement might still place, not how much cheaper it might be
     (phase one does not look at cost)."""
     optimal: bool
-    """HiGHS proved the placement optimal within ``mip_rel_gap``."""
+    """The placement is proved within ``mip_rel_gap`` of the optimum (or within
+    ``mip_abs_gap``): each part's by HiGHS, or the parts' together (see ``gap``)."""
     time_limited: bool
     solve_seconds: float
     """HiGHS's run time, summed over both phases."""
