@@ -50,7 +50,7 @@ from arbiter.domain.regions import RegionCatalog
 from arbiter.errors import ArbiterError, LeaseHeld, StoreError
 from arbiter.http_api import Endpoint
 from arbiter.logs import get_logger
-from arbiter.polling import DEGRADED_AFTER, ConfiguredSource, Poller
+from arbiter.polling import DEGRADED_AFTER, ConfiguredSource, Poller, close_sources
 from arbiter.ports import Clock, SystemClock
 from arbiter.store.db import check_current, ping, upgrade
 from arbiter.store.repositories import Store
@@ -496,7 +496,9 @@ class Daemon:
         (letting the running job finish), close the executor and the sources, release
         the lease, dispose of the engine. Every step runs whichever failed before it: a
         failure is logged ("shutdown step failed", naming the step) and neither changes
-        the exit status nor replaces the error the daemon is stopping on."""
+        the exit status nor replaces the error the daemon is stopping on. An interrupt
+        inside a step (a second Ctrl-C) is logged too; the later steps still run, and
+        then it propagates."""
         steps: list[tuple[str, Callable[[], object]]] = [
             ("tell systemd", self.notifier.stopping),
             ("stop the HTTP endpoint", self._stop_endpoint),
@@ -506,12 +508,18 @@ class Daemon:
             ("release the lease", self._release_lease),
             ("dispose of the engine", self.engine.dispose),
         ]
+        interrupted: BaseException | None = None
         for step, take in steps:
             try:
                 take()
             except Exception as exc:  # the next steps still run; the caller's error stands
                 self.log.error("shutdown step failed", step=step, error=str(exc))
+            except BaseException as exc:  # an interrupt: finish stopping first
+                self.log.error("shutdown step interrupted", step=step)
+                interrupted = interrupted or exc
         self.log.info("stopped")
+        if interrupted is not None:
+            raise interrupted
 
     def _stop_endpoint(self) -> None:
         if self.endpoint is not None:
@@ -544,8 +552,7 @@ class Daemon:
         for source in interruptions:
             self._close("interruption source", source, source=source.name)
         sources, self.sources = self.sources, {}
-        for name, configured in sources.items():
-            self._close("market-data source", configured.adapter, source=name)
+        close_sources(sources)
 
     def _close(self, what: str, holder: Any, **names: str) -> None:
         """Call ``holder.close()`` if it has one (the dry-run executor and the replay

@@ -554,6 +554,33 @@ def test_a_failing_shutdown_step_does_not_replace_the_error_that_stopped_the_dae
         assert Store(engine).leases.get(LEADER_LEASE) is None
 
 
+def test_an_interrupt_inside_a_shutdown_step_still_runs_every_later_step_then_stands(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    """A second Ctrl-C while the endpoint stops: the scheduler, executor, sources and
+    lease are still closed and released, then the interrupt propagates."""
+    d, executor = recording_daemon(monkeypatch, engine, store_url, tmp_path)
+    sources = market_sources(d)
+
+    class InterruptedEndpoint:
+        def stop(self) -> None:
+            raise KeyboardInterrupt
+
+    def on_ready() -> None:
+        d.endpoint = InterruptedEndpoint()  # type: ignore[assignment]
+        d.stopping.set()
+
+    with capture_logs() as logs, pytest.raises(KeyboardInterrupt):
+        d.run(sources, on_ready=on_ready)
+    (interrupted,) = [e for e in logs if e["event"] == "shutdown step interrupted"]
+    assert interrupted["step"] == "stop the HTTP endpoint"
+    assert not d._scheduler.running
+    assert executor.closed_while_scheduled == [False]
+    assert closes_of(sources) == {"prices": [False], "carbon": [False]}
+    assert Store(engine).leases.get(LEADER_LEASE) is None
+    assert [e["event"] for e in logs][-1] == "stopped"
+
+
 # -- retention ---------------------------------------------------------------------------
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
