@@ -389,16 +389,21 @@ def check(p: Problem, s: Solution) -> None:
         assert bool(outcome.reasons) == (expected is not PlacementStatus.PLACED)
 
 
+def assert_brute_force_optimum(p: Problem, s: Solution) -> None:
+    """The solution misses as few units as the best placement, at the same cost."""
+    best = brute_force(p)
+    units, cost = solver_score(p, s)
+    assert units == best[0]
+    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+
+
 @PROPERTY
 @given(SMALL)
 def test_the_solver_finds_the_brute_force_optimum(p: Problem) -> None:
     s = solve(p, mip_rel_gap=0.0)
     check(p, s)
     assert s.optimal
-    best = brute_force(p)
-    units, cost = solver_score(p, s)
-    assert units == best[0]
-    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+    assert_brute_force_optimum(p, s)
 
 
 @PROPERTY
@@ -444,10 +449,7 @@ def test_with_every_aid_the_solver_still_finds_the_brute_force_optimum(p: Proble
         s = solve(p, mip_rel_gap=0.0)
     check(p, s)
     assert s.optimal
-    best = brute_force(p)
-    units, cost = solver_score(p, s)
-    assert units == best[0]
-    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+    assert_brute_force_optimum(p, s)
 
 
 @PROPERTY
@@ -551,10 +553,7 @@ def test_solved_part_by_part_the_solver_still_finds_the_brute_force_optimum(p: P
         s = solve(p, mip_rel_gap=0.0)
     check(p, s)
     assert s.optimal and s.gap <= 1e-9
-    best = brute_force(p)
-    units, cost = solver_score(p, s)
-    assert units == best[0]
-    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+    assert_brute_force_optimum(p, s)
 
 
 @PROPERTY
@@ -693,10 +692,7 @@ def test_with_spot_cells_merged_the_solver_still_finds_the_brute_force_optimum(
         s = solve(p, mip_rel_gap=0.0)
     check(p, s)
     assert s.optimal
-    best = brute_force(p)
-    units, cost = solver_score(p, s)
-    assert units == best[0]
-    assert math.isclose(cost, best[1], rel_tol=1e-6, abs_tol=TOL), (cost, best)
+    assert_brute_force_optimum(p, s)
 
 
 @PROPERTY
