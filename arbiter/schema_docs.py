@@ -156,7 +156,9 @@ DESCRIPTIONS: dict[str, str] = {
     "policy:migration": "Guardrails the planner applies before it moves a running "
     "workload (moves start only in `enforce` mode; otherwise they are logged as "
     "`would migrate`). At most one policy may set it for a workload; without one, the "
-    "defaults below apply.",
+    "defaults below apply. A change of size the workload's spec asks for (more or fewer "
+    "`replicas`, another `required_tokens_per_second`) is not a move for cost: the saving "
+    "gates, `sustained_for` and `cooldown` do not hold it.",
     "policy:migration.min_saving": "A move must save at least both amounts (hysteresis), "
     "on the price per hour of the placements (carbon price and risk premium not counted).",
     "policy:migration.min_saving.pct": "Least saving, % of the current price per hour.",
@@ -166,13 +168,16 @@ DESCRIPTIONS: dict[str, str] = {
     "policy:migration.cooldown": "Least time after a workload's last migration before "
     "another non-urgent move of it.",
     "policy:migration.max_concurrent_drains": "Most migrations in flight at once, counting "
-    "every workload's; a non-urgent move waits while there are this many.",
+    "every workload's; a non-urgent move waits while there are this many (a scale-up that "
+    "only adds replicas does not).",
     "policy:migration.max_disrupted_replicas_pct": "Most of a workload's replicas one "
-    "migration may move, %; a larger move goes in waves (at least one replica each).",
+    "migration may move, %; a larger move goes in waves (at least one replica each). "
+    "A scale-down goes in waves too; a scale-up never does.",
     "policy:migration.blackout": "Windows when non-urgent moves must not start, written "
     "`<days> <HH:MM>-<HH:MM> <IANA time zone>`: `Mon-Fri 08:00-18:00 Europe/Berlin`, "
-    "`Sat,Sun 00:00-24:00 UTC`, `daily 22:00-06:00 UTC`. Placing a new workload is never "
-    "held.",
+    "`Sat,Sun 00:00-24:00 UTC`, `daily 22:00-06:00 UTC`. Placing a new workload, or adding "
+    "the replicas a workload's spec asks for, is never held; a scale-down (it drains "
+    "replicas) is.",
     "policy:migration.on_hard_violation": "Moves forced by a running placement that breaks "
     "an enforced rule are urgent: they skip the saving gates, `sustained_for`, `cooldown` "
     "and `max_concurrent_drains`, and still go make-before-break.",

@@ -364,3 +364,61 @@ def test_a_hard_violation_not_drained_within_drain_within_is_logged_counted_and_
         result = restarted.tick()
     assert result.plan.overdue == () and store.violations.all() == {}
     assert any(e["event"] == "hard violation drained" for e in logs)
+
+
+GUARDED_POLICY = POLICY.replace("min_saving: {pct: 10}", "min_saving: {pct: 10, usd_per_hour: 5}")
+"""No resize saves $5/h here: the saving gate holds every resize it is applied to."""
+
+
+def test_a_workload_whose_spec_asks_for_more_replicas_gets_them_without_a_saving_gate(
+    store: Store, tmp_path: Path
+) -> None:
+    from structlog.testing import capture_logs
+
+    world = World(store, tmp_path)
+    world.policy_file.write_text(GUARDED_POLICY)
+    world.prices(west4=1.0, west1=1.5)
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+    world.workload_file.write_text(WORKLOAD.replace("replicas: 2", "replicas: 3"))
+    with capture_logs() as logs:
+        world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 3)]
+    (planned,) = [e for e in logs if e["event"] == "migration planned"]
+    assert planned["kind"] == "scale-up" and not planned["urgent"]
+    assert planned["reason"].startswith("the workload asks for 3 replicas, 2 run")
+    latest = store.migrations.recent()[0]
+    assert latest.reason.startswith("scale-up: the workload asks for 3 replicas")
+    assert latest.state is MigrationState.DONE
+    assert world.cloud.group("chat", WEST4) is not None
+    assert world.cloud.group("chat", WEST4).desired == 3  # type: ignore[union-attr]
+
+
+def test_a_workload_whose_spec_asks_for_fewer_replicas_releases_them_without_a_saving_gate(
+    store: Store, tmp_path: Path
+) -> None:
+    world = World(store, tmp_path)
+    world.policy_file.write_text(GUARDED_POLICY)
+    world.prices(west4=1.0, west1=1.5)
+    world.tick(8)
+    world.workload_file.write_text(WORKLOAD.replace("replicas: 2", "replicas: 1"))
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 1)]
+    assert store.migrations.recent()[0].reason.startswith("scale-down: the workload asks for 1")
+    assert world.cloud.group("chat", WEST4).desired == 1  # type: ignore[union-attr]
+
+
+def test_recommend_logs_a_scale_up_as_what_it_would_do(store: Store, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    world = World(store, tmp_path)
+    world.prices(west4=1.0)
+    world.tick(8)
+    daemon = world.reconciler.settings.daemon.model_copy(update={"mode": Mode.RECOMMEND})
+    world.reconciler.settings = world.reconciler.settings.model_copy(update={"daemon": daemon})
+    world.workload_file.write_text(WORKLOAD.replace("replicas: 2", "replicas: 4"))
+    with capture_logs() as logs:
+        world.tick()
+    (logged,) = [e for e in logs if e["event"] == "would migrate"]
+    assert logged["kind"] == "scale-up" and logged["target"] == [f"{WEST4.key}×4"]
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]

@@ -2,9 +2,10 @@
 
 Read-only: the same decide-and-plan code as the daemon's reconcile pass, on the store's
 newest market (or a snapshot file), against what runs and the migrations in flight —
-nothing is recorded, nothing is started. Plan wording follows Terraform: ``+`` place,
-``~`` move, ``-`` release, ``!`` evacuate (urgent), ``=`` held, with ``# because``;
-``!!`` marks a hard violation still running past its ``drain_within``.
+nothing is recorded, nothing is started. Plan wording follows Terraform: ``+`` place or
+scale up, ``~`` move, ``-`` release or scale down, ``!`` evacuate (urgent), ``=`` held,
+with ``# because``; ``!!`` marks a hard violation still running past its
+``drain_within``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import click
 from arbiter.cli.options import snapshot_option
 from arbiter.cli.output import OUTPUT_OPTION, emit_json
 
-SYMBOL = {"place": "+", "move": "~", "release": "-", "evacuate": "!"}
+SYMBOL = {
+    "place": "+",
+    "scale-up": "+",
+    "scale-down": "-",
+    "move": "~",
+    "release": "-",
+    "evacuate": "!",
+}
 
 
 def _placements(ps: Any) -> list[dict[str, Any]]:
@@ -93,7 +101,8 @@ def render_plan(a: Any, *, mode: str, killed: bool) -> str:
     counts = {k: sum(1 for m in a.plan.moves if m.kind.value == k) for k in SYMBOL}
     out.append("")
     out.append(
-        f"Plan: {counts['place']} to place, {counts['move']} to move, "
+        f"Plan: {counts['place']} to place, {counts['scale-up']} to scale up, "
+        f"{counts['scale-down']} to scale down, {counts['move']} to move, "
         f"{counts['evacuate']} to evacuate, {counts['release']} to release; "
         f"{len(a.plan.holds)} held; {len(a.unfinished)} migration(s) in flight"
         + (

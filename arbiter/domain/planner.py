@@ -22,6 +22,20 @@ the ready-replica minimum is never broken by the plan. A new workload is placed 
 once; one that is gone is released. A workload with no compliant placement keeps
 running where it is (and is reported), since taking it down would help nobody.
 
+A workload whose spec asks for another size than runs (its ``replicas`` or
+``required_tokens_per_second`` changed) is **resized** without the saving gates,
+``sustained_for`` or ``cooldown``: those stop churn for cost, and the spec demands this
+change. A **scale-up** keeps the running replicas and adds the missing ones where the
+decision places them; like placing a new workload, no safety gate holds it and it is
+not split into waves. A **scale-down** releases the replicas the spec no longer needs
+(those the decision does not place there first); it drains replicas, so the blackout,
+``max_concurrent_drains`` and the disruption budget's waves apply. Either keeps to the
+policy's spread and shares (and a scale-up to its budget); when adding or releasing
+alone cannot, the decided placement is taken, running replicas included (a scale-up
+that moves running replicas waits out a blackout and ``max_concurrent_drains`` too).
+Moving the remaining replicas somewhere cheaper afterwards is a cost move like any
+other, under every gate.
+
 Spot replicas under an interruption notice are replaced where the decision puts them,
 on-demand included, when the policy's ``capacity.spot.fallback`` is ``on_demand``.
 With ``none`` an evacuation that would add on-demand replicas is held instead
@@ -66,6 +80,15 @@ WAVE_MARK = "(wave "
 class MoveKind(StrEnum):
     PLACE = "place"
     """A new workload: nothing runs yet."""
+    SCALE_UP = "scale-up"
+    """The workload's spec asks for more replicas (or throughput) than run: the missing
+    replicas are added where decide places them and the running ones stay. No saving
+    gate; like placing, no safety gate either, unless adding alone cannot meet the
+    policy's rules and running replicas must move too."""
+    SCALE_DOWN = "scale-down"
+    """The spec asks for fewer replicas (or less throughput) than run: the ones it no
+    longer needs are released. No saving gate; it drains replicas, so the safety gates
+    (blackout, max concurrent, waves) apply."""
     MOVE = "move"
     """Cheaper (or cleaner) elsewhere, past every saving gate."""
     EVACUATE = "evacuate"
@@ -309,6 +332,257 @@ def wave_target(
     return placements, waves
 
 
+# ------------------------------------------------------------------------ resizing
+
+_EPS = 1e-9
+
+
+def _throughput(placements: Sequence[Placement], evaluator: WorkloadEvaluator) -> float | None:
+    """Tokens/s these placements serve, or None when an offer's GPU is unknown (gone
+    from the snapshot)."""
+    states = _states(evaluator)
+    total = 0.0
+    for p in placements:
+        state = states.get(p.offer.key)
+        cost = evaluator.cost(state) if state is not None else None
+        if cost is None:
+            return None
+        total += cost.tokens_per_second * p.replicas
+    return total
+
+
+def _unit_cost(offer: Offer, evaluator: WorkloadEvaluator) -> float | None:
+    """Effective USD/h per token/s of one replica on ``offer`` (None: cannot price it)."""
+    state = _states(evaluator).get(offer.key)
+    cost = evaluator.cost(state) if state is not None else None
+    return None if cost is None else cost.effective / cost.tokens_per_second
+
+
+def group_rule_broken(placements: Sequence[Placement], evaluator: WorkloadEvaluator) -> str | None:
+    """Which of the rules decide applies to a workload's placement as a whole (spread,
+    share per provider, spot share) these placements break, or None. Per-offer rules are
+    :func:`violations`; budgets are checked by the caller."""
+    total = sum(p.replicas for p in placements)
+    if total == 0:
+        return None
+    terms = evaluator.terms
+    spread = terms.redundancy.spread
+    if spread is not None and spread.min_distinct > 1:
+        if spread.across == "region":
+            distinct = len({p.offer.region_key for p in placements})
+        else:
+            distinct = len({p.offer.provider for p in placements})
+        if distinct < spread.min_distinct:
+            return (
+                f"would hold replicas in {distinct} {spread.across}(s) (redundancy.spread "
+                f"needs {spread.min_distinct})"
+            )
+    share = terms.redundancy.max_share_per_provider
+    if share is not None:
+        per_provider = Counter[str]()
+        for p in placements:
+            per_provider[p.offer.provider.value] += p.replicas
+        for provider, n in sorted(per_provider.items()):
+            if n > share * total + _EPS:
+                return (
+                    f"would put {n} of {total} replicas on {provider} "
+                    f"(redundancy.max_share_per_provider is {share:g})"
+                )
+    spot_ok, _ = evaluator.spot_allowed()
+    max_spot = terms.spot.max_share if spot_ok else 0.0
+    spot = sum(p.replicas for p in placements if p.offer.market is Market.SPOT)
+    if spot > max_spot * total + _EPS:
+        return (
+            f"would put {spot} of {total} replicas on spot (capacity.spot.max_share is "
+            f"{max_spot:g})"
+        )
+    return None
+
+
+def _placements(counts: Counter[Offer], workload: str) -> tuple[Placement, ...]:
+    return tuple(
+        Placement(workload=workload, offer=o, replicas=n)
+        for o, n in sorted(counts.items(), key=lambda kv: kv[0].key)
+        if n > 0
+    )
+
+
+@dataclass
+class _Size:
+    """How big a workload's spec asks it to be, and how big placements are, in the
+    spec's own unit: replicas, or tokens/s for a throughput target."""
+
+    item: Inputs
+
+    @property
+    def by_throughput(self) -> bool:
+        return self.item.workload.replicas is None
+
+    def wanted(self) -> float:
+        w = self.item.workload
+        if w.required_tokens_per_second is not None:
+            return w.required_tokens_per_second
+        # the decision holds the replica count the spec asks for (with min_replicas)
+        return float(sum(p.replicas for p in self.item.decision.placements))
+
+    def of(self, placements: Sequence[Placement]) -> float | None:
+        if self.by_throughput:
+            return _throughput(placements, self.item.evaluator)
+        return float(sum(p.replicas for p in placements))
+
+    def text(self, value: float) -> str:
+        if self.by_throughput:
+            return f"{value:,.0f} tokens/s"
+        return f"{value:.0f} replicas"
+
+    def asks(self, want: float, have: float) -> str:
+        if self.by_throughput:
+            return f"the workload asks for {want:,.0f} tokens/s, its replicas serve {have:,.0f}"
+        return f"the workload asks for {want:.0f} replicas, {have:.0f} run"
+
+
+def resize(
+    current: Sequence[Placement], item: Inputs, budget_slack: dict[str, float]
+) -> PlannedMove | None:
+    """The move that brings a running workload to the size its spec asks for, or None
+    when it has that size (any other difference from the decision is a cost move).
+
+    Scaling up keeps the running replicas and adds the missing ones where the decision
+    places more than run: on offers the workload already uses first, then the cheapest
+    per token. Scaling down releases, one at a time, the replicas the decision no longer
+    places there first, then the dearest per token, each only while the workload keeps
+    the size it asks for and the policy's spread and shares. When that cannot meet the
+    policy's rules (spread, shares; for a scale-up also the budget, of which
+    ``budget_slack`` holds what is left beyond the decisions and is spent here), the
+    decided placement is taken instead, and running replicas move with it. No saving
+    gate applies: the spec asks for the change."""
+    size = _Size(item)
+    want, have = size.wanted(), size.of(current)
+    if have is None:
+        return None  # a running offer's GPU is unknown: nothing to judge the size by
+    floor = want - _EPS * max(1.0, want)
+    desired = item.decision.placements
+    ev = item.evaluator
+    name = item.workload.name
+    asks = size.asks(want, have)
+    before = _by_offer(current)
+
+    def scale(kind: MoveKind, target: Sequence[Placement], reason: str) -> PlannedMove:
+        return PlannedMove(name, kind, tuple(current), tuple(target), urgent=False, reason=reason)
+
+    if have < floor:
+        pool = _by_offer(desired) - before
+
+        def added_first(offer: Offer) -> tuple[bool, float, str]:
+            unit = _unit_cost(offer, ev)
+            return (offer not in before, math.inf if unit is None else unit, offer.key)
+
+        grown = Counter(before)
+        added = 0
+        for offer in sorted(pool, key=added_first):
+            for _ in range(pool[offer]):
+                if (size.of(_placements(grown, name)) or 0.0) >= floor:
+                    break
+                grown[offer] += 1
+                added += 1
+        target = _placements(grown, name)
+        reached = size.of(target) or 0.0
+        broken = (
+            group_rule_broken(target, ev) or _over_budget(target, desired, ev, budget_slack)
+            if reached >= floor
+            else f"would reach {size.text(reached)}"
+        )
+        if broken is None:
+            return scale(
+                MoveKind.SCALE_UP,
+                target,
+                f"{asks}; adds {added} replica(s) where decide places them, the running ones stay",
+            )
+        return scale(
+            MoveKind.SCALE_UP,
+            desired,
+            f"{asks}; adding alone {broken}, so the decided placement is taken",
+        )
+
+    unwanted = before - _by_offer(desired)
+
+    def released_first(offer: Offer) -> tuple[bool, float, str]:
+        unit = _unit_cost(offer, ev)
+        return (offer not in unwanted, -(math.inf if unit is None else unit), offer.key)
+
+    kept = Counter(before)
+    released = 0
+    for offer in sorted(before, key=released_first):
+        for _ in range(before[offer]):
+            trial = Counter(kept)
+            trial[offer] -= 1
+            left = _placements(trial, name)
+            served = size.of(left)
+            if not left or served is None or served < floor or group_rule_broken(left, ev):
+                break
+            kept = trial
+            released += 1
+    spare = 0.0 if size.by_throughput else have - want
+    if released < spare:
+        # replicas to spare, but releasing them alone breaks the spread or a share
+        return scale(
+            MoveKind.SCALE_DOWN,
+            desired,
+            f"{asks}; releasing alone would break the policy's spread or "
+            "shares, so the decided placement is taken",
+        )
+    if not released:
+        return None
+    return scale(
+        MoveKind.SCALE_DOWN,
+        _placements(kept, name),
+        f"{asks}; releases {released} replica(s): those the decision no longer "
+        "places there first, then the dearest",
+    )
+
+
+def _over_budget(
+    target: Sequence[Placement],
+    desired: Sequence[Placement],
+    evaluator: WorkloadEvaluator,
+    budget_slack: dict[str, float],
+) -> str | None:
+    """Why ``target`` would not fit the workload's budget: it costs more than the
+    decided placement by more than the budget leaves (``budget_slack``, spent here when
+    it fits), or None."""
+    budget = evaluator.terms.budget
+    if budget is None:
+        return None
+    name, _ = budget
+    target_cost, missing = cost_per_hour(target, evaluator, effective=True)
+    if missing:
+        return f"cannot be priced ({', '.join(missing)}) against the budget of policy {name!r}"
+    desired_cost, _ = cost_per_hour(desired, evaluator, effective=True)
+    extra = target_cost - desired_cost
+    left = budget_slack.get(name, 0.0)
+    if extra > left + 1e-6:
+        return (
+            f"would cost ${extra:,.2f}/h more than the decided placement, beyond what the "
+            f"budget of policy {name!r} leaves (${max(left, 0.0):,.2f}/h)"
+        )
+    budget_slack[name] = left - max(extra, 0.0)
+    return None
+
+
+def budget_slack(inputs: Sequence[Inputs]) -> dict[str, float]:
+    """What each policy budget leaves (USD/h, at effective cost as decide charges it)
+    once every workload taking its budget from that policy runs its decided placement."""
+    slack: dict[str, float] = {}
+    for item in inputs:
+        budget = item.evaluator.terms.budget
+        if budget is None:
+            continue
+        name, limit = budget
+        cost, _ = cost_per_hour(item.decision.placements, item.evaluator, effective=True)
+        slack[name] = slack.get(name, limit.max_usd_per_hour) - cost
+    return slack
+
+
 # ------------------------------------------------------------------------ planning
 
 
@@ -353,6 +627,7 @@ def plan(
             )
 
     candidates: list[PlannedMove] = []
+    slack = budget_slack(inputs)
     for item in inputs:
         name = item.workload.name
         cur = current.get(name, Current(()))
@@ -413,6 +688,10 @@ def plan(
                     reason="hard violation: " + "; ".join(bad),
                 )
             )
+            continue
+        resized = resize(cur.placements, item, slack)
+        if resized is not None:
+            candidates.append(resized)
             continue
         # judged on the objective's cost (price + carbon price + risk), so a move to a
         # cleaner grid can pass when the policy prices carbon
@@ -487,11 +766,15 @@ def plan(
         )
 
     by_name = {i.workload.name: i for i in inputs}
-    candidates.sort(key=lambda m: (not m.urgent, -m.saving_usd_per_hour, m.workload))
+    # urgent moves first, then what the workloads' specs ask for, then the savings
+    candidates.sort(
+        key=lambda m: (not m.urgent, m.kind is MoveKind.MOVE, -m.saving_usd_per_hour, m.workload)
+    )
     running = in_flight_total
     for move in candidates:
         terms = by_name[move.workload].evaluator.terms.migration
-        if move.kind is not MoveKind.PLACE:
+        # placing replicas disrupts nothing: a new workload, and a scale-up that only adds
+        if move.kind is not MoveKind.PLACE and not _only_adds(move):
             window = in_blackout(terms.blackout, now)
             if window and not (move.urgent and terms.on_hard_violation.ignore_blackout):
                 # an evacuation of a rule violation waits out the window only while it
@@ -529,7 +812,8 @@ def plan(
             # is still make-before-break: new replicas serve before old ones drain.
             waves = 1
             target = move.target
-            if not move.urgent:
+            # a scale-up is not split either: a wave would not add what the spec asks for
+            if not move.urgent and move.kind is not MoveKind.SCALE_UP:
                 target, waves = wave_target(move.source, move.target, max_moved, move.workload)
             if waves > 1:
                 move = PlannedMove(
@@ -553,6 +837,14 @@ def plan(
         violating_since=violating,
         overdue=tuple(overdue),
     )
+
+
+def _only_adds(move: PlannedMove) -> bool:
+    """A scale-up that keeps every running replica where it is."""
+    if move.kind is not MoveKind.SCALE_UP:
+        return False
+    after = _by_offer(move.target)
+    return all(after[offer] >= n for offer, n in _by_offer(move.source).items())
 
 
 def _latest_start(item: Inputs, since: datetime | None) -> tuple[datetime, datetime] | None:

@@ -179,3 +179,32 @@ def test_a_hard_violation_past_drain_within_is_listed_and_the_memory_left_as_it_
         f"{since + timedelta(hours=1):%Y-%m-%d %H:%MZ}: {us.key}: eu-residency: "
     )
     assert "1 hard violation(s) past drain_within." in lines[-2]
+
+
+def test_replicas_the_spec_asks_for_are_planned_as_a_scale_up(site: tuple[Path, Store]) -> None:
+    root, store = site
+    from arbiter.policy_loader import load_workloads
+
+    (chat,) = load_workloads([root / "workloads"]).workloads
+    store.workloads.upsert(chat, now=NOW)
+    store.workloads.set_placements(
+        "chat", [Placement(workload="chat", offer=WEST4, replicas=1)], now=NOW
+    )
+    body = plan(root)
+    (move,) = body["moves"]  # type: ignore[misc]
+    assert move["kind"] == "scale-up"
+    assert move["reason"].startswith("the workload asks for 2 replicas, 1 run")
+    assert move["target"] == [
+        {"offer": WEST1.key, "replicas": 1},
+        {"offer": WEST4.key, "replicas": 1},
+    ]
+    result = CliRunner().invoke(
+        cli, ["--config", str(root / "config.toml"), "plan"], obj=Context(None, None)
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "+ chat  scale-up" in lines
+    assert f"    + {WEST1.key} ×1" in lines
+    assert any(
+        line.startswith("Plan: 0 to place, 1 to scale up, 0 to scale down") for line in lines
+    )

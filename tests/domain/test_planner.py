@@ -469,3 +469,183 @@ def test_with_ignore_blackout_an_evacuation_starts_in_a_blackout_at_once() -> No
     )
     result = run({WEST4: 1.0, US: 0.2}, (placed(US, 3),), pol)
     assert [m.kind for m in result.moves] == [MoveKind.EVACUATE]
+
+
+# ------------------------------------------------- resizing: the spec asks for it
+
+
+GUARDED = {
+    "min_saving": {"pct": 15, "usd_per_hour": 5},
+    "sustained_for": "30m",
+    "cooldown": "6h",
+}
+"""Saving gates no resize could pass: adding replicas costs more, removing one saves $1/h."""
+
+
+def throughput_workload(tokens_per_second: float) -> Workload:
+    return Workload(
+        name="chat",
+        data_class="internal",
+        required_tokens_per_second=tokens_per_second,
+        gpu_options=(GpuOption(model="L4", tokens_per_second=500),),
+        warmup_seconds=300,
+        model_size_gib=10,
+    )
+
+
+def run_sized(
+    w: Workload,
+    prices: dict[Offer, float],
+    running: tuple[Placement, ...],
+    pol: Policy | None = None,
+    **current: object,
+):  # type: ignore[no-untyped-def]
+    snap = MarketSnapshot.make(
+        taken_at=NOW, offers=tuple(state(o, p) for o, p in prices.items()), carbon=()
+    )
+    outcome = decide([w], PolicyBook((pol or policy(),)), snap, CATALOG, NOW)
+    inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
+    cur = {"chat": Current(running, **current)}  # type: ignore[arg-type]
+    return plan(inputs, cur, now=NOW, pending_since={}, violating_since={})
+
+
+def test_replicas_the_spec_asks_for_are_added_past_every_saving_gate() -> None:
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST4, 2),),
+        policy(**GUARDED),
+        replicas=3,
+        last_migration_at=NOW - timedelta(minutes=5),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_UP and not move.urgent
+    assert move.target == (placed(WEST4, 3),)
+    assert move.reason.startswith("the workload asks for 3 replicas, 2 run")
+    assert result.holds == () and result.pending_since == {}
+
+
+def test_a_scale_up_keeps_the_running_replicas_and_adds_where_decide_places_them() -> None:
+    """Moving the two running replicas to the cheaper region is a cost move: it stays
+    under the saving gates; only the missing replica goes where decide puts it."""
+    result = run({WEST4: 1.0, WEST1: 0.9}, (placed(WEST4, 2),), policy(**GUARDED), replicas=3)
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_UP
+    assert move.source == (placed(WEST4, 2),)
+    assert sorted(move.target, key=lambda p: p.offer.key) == [placed(WEST1, 1), placed(WEST4, 2)]
+
+
+def test_a_scale_up_is_not_held_by_a_blackout_nor_by_migrations_in_flight() -> None:
+    """Adding replicas disrupts nothing, as placing a new workload does not."""
+    snap = MarketSnapshot.make(taken_at=NOW, offers=(state(WEST4, 1.0),), carbon=())
+    w = workload(3)
+    pol = policy(blackout=["Mon-Fri 08:00-18:00 Europe/Berlin"], max_concurrent_drains=1)
+    outcome = decide([w], PolicyBook((pol,)), snap, CATALOG, NOW)
+    inputs = [Inputs(w, outcome.decision("chat"), outcome.evaluator("chat"))]
+    result = plan(
+        inputs,
+        {"chat": Current((placed(WEST4, 2),))},
+        now=NOW,
+        pending_since={},
+        in_flight_total=1,
+    )
+    assert [m.kind for m in result.moves] == [MoveKind.SCALE_UP]
+
+
+def test_a_scale_up_is_not_split_into_waves() -> None:
+    result = run({WEST4: 1.0}, (placed(WEST4, 2),), replicas=6)
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_UP and move.wave == (1, 1)
+    assert move.target == (placed(WEST4, 6),)
+
+
+def test_a_throughput_sized_workload_whose_target_rises_gets_the_replicas_it_lacks() -> None:
+    result = run_sized(
+        throughput_workload(1500), {WEST4: 1.0}, (placed(WEST4, 2),), policy(**GUARDED)
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_UP and move.target == (placed(WEST4, 3),)
+    assert "1,500 tokens/s" in move.reason and "1,000" in move.reason
+
+
+def test_a_scale_up_that_adding_alone_cannot_make_compliant_takes_the_decided_placement() -> None:
+    """Two spot replicas run; the policy now allows half on spot and the spec asks for
+    three: adding one on-demand replica would leave 2 of 3 on spot."""
+    pol = policy(spot={"max_share": 0.5}, **GUARDED)
+    result = run(
+        {WEST4: 1.0, WEST1_SPOT: 0.4, WEST4_SPOT: 0.45},
+        (placed(WEST1_SPOT, 2),),
+        pol,
+        replicas=3,
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_UP
+    spot = sum(p.replicas for p in move.target if p.offer.market == "spot")
+    assert sum(p.replicas for p in move.target) == 3 and spot == 1
+    assert "spot" in move.reason and "decided placement" in move.reason
+
+
+def test_replicas_the_spec_no_longer_asks_for_are_removed_past_every_saving_gate() -> None:
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST4, 3),),
+        policy(**GUARDED),
+        replicas=2,
+        last_migration_at=NOW - timedelta(minutes=5),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_DOWN and not move.urgent
+    assert move.target == (placed(WEST4, 2),)
+    assert move.reason.startswith("the workload asks for 2 replicas, 3 run")
+
+
+def test_a_scale_down_removes_the_replicas_decide_no_longer_wants_first() -> None:
+    pol = policy(max_disrupted_replicas_pct=100, **GUARDED)
+    result = run({WEST4: 1.0, WEST1: 0.9}, (placed(WEST4, 2), placed(WEST1, 2)), pol, replicas=2)
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_DOWN and move.target == (placed(WEST1, 2),)
+
+
+def test_a_scale_down_drains_replicas_so_it_waits_out_a_blackout_and_goes_in_waves() -> None:
+    blackout = policy(blackout=["Mon-Fri 08:00-18:00 Europe/Berlin"])
+    held = run({WEST4: 1.0}, (placed(WEST4, 6),), blackout, replicas=2)
+    assert held.moves == () and [h.gate for h in held.holds] == [Gate.BLACKOUT]
+    waves = run({WEST4: 1.0}, (placed(WEST4, 6),), replicas=2)
+    (move,) = waves.moves
+    assert move.kind is MoveKind.SCALE_DOWN and move.wave == (1, 2)  # 34 % of 6: 2 at once
+    assert move.target == (placed(WEST4, 4),)
+
+
+def test_a_throughput_sized_workload_whose_target_falls_drops_the_replicas_it_can_spare() -> None:
+    result = run_sized(
+        throughput_workload(900), {WEST4: 1.0}, (placed(WEST4, 3),), policy(**GUARDED)
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_DOWN and move.target == (placed(WEST4, 2),)
+
+
+def test_a_throughput_sized_workload_keeps_a_replica_its_spread_needs() -> None:
+    """1 replica would serve 400 tokens/s, but the policy wants two regions: nothing to
+    scale down."""
+    body = policy(**GUARDED).model_dump(by_alias=True)
+    body["redundancy"] = {"spread": {"across": "region", "min_distinct": 2}}
+    pol = Policy.model_validate(body)
+    result = run_sized(
+        throughput_workload(400),
+        {WEST4: 1.0, WEST1: 1.0},
+        (placed(WEST4, 1), placed(WEST1, 1)),
+        pol,
+    )
+    assert result.moves == () and result.holds == ()
+
+
+def test_a_scale_up_the_budget_cannot_pay_for_beside_dear_replicas_takes_the_decision() -> None:
+    """The budget of $1.60/h pays for three replicas in the cheaper region, not for two
+    dear ones plus one cheap one."""
+    body = policy(**GUARDED).model_dump(by_alias=True)
+    body["budget"] = {"max_usd_per_hour": 1.6}
+    result = run(
+        {WEST4: 1.0, WEST1: 0.5}, (placed(WEST4, 2),), Policy.model_validate(body), replicas=3
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.SCALE_UP and move.target == (placed(WEST1, 3),)
+    assert "budget of policy 'eu'" in move.reason
