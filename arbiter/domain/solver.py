@@ -93,7 +93,9 @@ cost, throughput and capacity. Three reductions follow:
    cannot tell them apart, the capacity is unbounded, cost and budgets do not rise,
    throughput does not fall), so some optimum of the full problem uses only kept
    columns. Capacity that can never bind — at least the GPUs every workload could
-   possibly put there — counts as unbounded.
+   possibly put there — counts as unbounded. It takes two steps: first only the
+   cheapest and the fastest unbounded column of each cell dominate (linear time;
+   this leaves a few percent of the columns), then every unbounded column does.
 2. *Region pruning (exact).* For a workload that needs ``d`` distinct regions, within
    a cell-without-region and one throughput level, let ``Q_r`` be the cheapest
    unbounded column in region ``r`` and ``Q_(d)`` the ``d``-th smallest. A region
@@ -113,6 +115,14 @@ cost, throughput and capacity. Three reductions follow:
    workload has fewer replicas there than it covers — so moving a replica there keeps
    every row and costs no more. (Counting the whole room instead would be wrong: a
    workload may have to leave a cheap offer to another that has no other place.)
+
+The per-workload checks and the first step of dominance run chunk by chunk of whole
+workloads (a few hundred thousand columns at a time: over tens of millions at once,
+each temporary array is fresh memory and faulting it in costs more than the work).
+Only the demand on an offer needs every workload, and it decides which columns are
+bounded: a first pass over the chunks checks the workloads and sums the demand, a
+second drops the columns the cheapest and fastest columns dominate. The other
+reductions run on what is left.
 
 The domain reads no clock: ``solve_seconds`` is HiGHS's own run time.
 """
@@ -374,8 +384,10 @@ def _share_cap(share: FloatArray, replicas: FloatArray, sized: BoolArray) -> Flo
 @dataclass(frozen=True, eq=False)
 class _Candidates:
     """Columns that survive the per-workload checks (one entry per such column,
-    ``index`` into the problem's columns) and the reasons of the rest. What only some
-    columns need (bounds, room) is computed for those: see :func:`_upper`."""
+    ``index`` into the problem's columns, in its order) and the reasons of the rest;
+    when prepared for the reduction, only those the anchors of their cell do not
+    dominate (see :func:`_prepare`). What only some columns need (bounds, room) is
+    computed for those: see :func:`_upper`."""
 
     index: IntArray
     workload: IntArray
@@ -450,130 +462,271 @@ def _distinct(rows: IntArray, cols: IntArray, shape: tuple[int, int]) -> IntArra
     return counts
 
 
-def _per_group_min(values: FloatArray, group: IntArray, n: int) -> FloatArray:
-    """The least value of each group 0..n-1 (inf where empty). Groups given in order,
-    as callers build columns workload by workload, take one pass; others ufunc.at."""
-    out = np.full(n, np.inf)
-    if len(group) == 0:
+_CHUNK_COLUMNS = 250_000
+"""Columns :func:`_prepare` takes at once, in whole workloads (more when one workload
+has more). Its temporaries are then allocated again and again in memory already in
+use: over all columns at once each would be hundreds of MB fresh from the system,
+faulted in page by page, which takes longer than the work done on it."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Chunk:
+    """Workloads ``first..last-1`` and their columns, workload by workload."""
+
+    first: int
+    last: int
+    cols: slice | IntArray
+    """The problem's columns: a slice when the problem gives them in workload order."""
+    counts: IntArray
+    """Columns of each workload."""
+    starts: IntArray
+    """Where each workload that has columns begins, within the chunk."""
+
+    @property
+    def workloads(self) -> slice:
+        return slice(self.first, self.last)
+
+    def any(self, mask: BoolArray) -> BoolArray:
+        """Per workload: some column of it is in ``mask``."""
+        out = np.zeros(len(self.counts), dtype=np.bool_)
+        if len(self.starts):
+            out[self.counts > 0] = np.logical_or.reduceat(mask, self.starts)
         return out
-    if np.all(group[1:] >= group[:-1]):
-        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        out[group[starts]] = np.minimum.reduceat(values, starts)
-    else:
-        np.minimum.at(out, group, values)
-    return out
+
+    def least(self, values: FloatArray) -> FloatArray:
+        """Per workload: the least value of its columns (inf: no column)."""
+        out = np.full(len(self.counts), np.inf)
+        if len(self.starts):
+            out[self.counts > 0] = np.minimum.reduceat(values, self.starts)
+        return out
+
+    def index(self, at: IntArray) -> IntArray:
+        """The problem's columns at chunk positions ``at``."""
+        if isinstance(self.cols, slice):
+            shifted: IntArray = at + self.cols.start
+            return shifted
+        taken: IntArray = self.cols[at]
+        return taken
 
 
-def _prepare(p: Problem, d: _Demands) -> _Candidates:
-    n_w = p.n_workloads
-    cw, co = p.col_workload, p.col_offer
-    n_regions = int(p.offer_region.max()) + 1 if len(p.offer_region) else 1
-    n_providers = int(p.offer_provider.max()) + 1 if len(p.offer_provider) else 1
-
-    def present(mask: BoolArray) -> BoolArray:
-        return np.bincount(cw[mask], minlength=n_w) > 0
-
-    spot = p.offer_spot[co]
-    useful = ~d.throughput_sized[cw] | (p.col_throughput > 0)
-    allowed = useful & (~spot | (d.spot_cap[cw] > 0))
-    fits = allowed & (p.offer_capacity_gpus[co] >= d.gpus[cw] - _EPS)
-    any_column = np.bincount(cw, minlength=n_w) > 0
-    has_useful, has_allowed, has_fit = present(useful), present(allowed), present(fits)
-    has_on_demand = present(fits & ~spot)
-    fit_w = cw[fits]
-    n_reg = _distinct(fit_w, p.offer_region[co[fits]], (n_w, n_regions))
-    n_prov = _distinct(fit_w, p.offer_provider[co[fits]], (n_w, n_providers))
-
-    per_unit = np.where(d.throughput_sized[fit_w], p.col_throughput[fits], 1.0)
-    cheapest = _per_group_min(p.col_cost[fits] / per_unit, fit_w, n_w)
-    # The smallest placement: the whole target, or (a replica-sized workload may be
-    # placed in part) the fewest replicas its spread and provider share allow.
-    with np.errstate(divide="ignore"):
-        fewest = np.maximum.reduce(
-            [
-                d.min_regions.astype(np.float64),
-                d.min_providers.astype(np.float64),
-                np.ceil(1 / d.provider_share - _EPS),
-            ]
-        )
-    floor_cost = np.where(d.throughput_sized, d.target, fewest) * cheapest
-    budgets = np.array([*p.budgets, np.inf])
-    over_budget = floor_cost > budgets[d.budget_group] * (1 + _EPS)
-
-    reasons: dict[int, str] = {}
-    for w, wl in enumerate(p.workloads):
-        reason = _local_reason(
-            wl,
-            any_column=bool(any_column[w]),
-            has_useful=bool(has_useful[w]),
-            has_allowed=bool(has_allowed[w]),
-            has_fit=bool(has_fit[w]),
-            has_on_demand=bool(has_on_demand[w]),
-            n_regions=int(n_reg[w]),
-            n_providers=int(n_prov[w]),
-            provider_cap=float(d.provider_cap[w]),
-        )
-        if reason is None and over_budget[w]:
-            b = int(d.budget_group[w])
-            reason = (
-                f"budget group {b} exceeded: needs at least ${floor_cost[w]:.2f}/h "
-                f"of ${p.budgets[b]:.2f}/h"
+def _chunks(p: Problem) -> tuple[list[_Chunk], bool]:
+    """Every workload in one chunk, in order, with about ``_CHUNK_COLUMNS`` columns
+    each; and whether the problem gives its columns in workload order (if not, they
+    are taken in it, each workload's in the problem's order)."""
+    cw, n_w = p.col_workload, p.n_workloads
+    in_order = bool(np.all(cw[1:] >= cw[:-1]))
+    order = None if in_order else np.argsort(cw, kind="stable")
+    begin = np.searchsorted(cw if order is None else cw[order], np.arange(n_w + 1))
+    targets = np.arange(0, len(cw), _CHUNK_COLUMNS)
+    cuts = np.unique(np.r_[0, np.searchsorted(begin, targets), n_w]).tolist()
+    chunks = []
+    for a, b in itertools.pairwise(cuts):
+        lo, hi = int(begin[a]), int(begin[b])
+        counts = np.diff(begin[a : b + 1])
+        chunks.append(
+            _Chunk(
+                first=a,
+                last=b,
+                cols=slice(lo, hi) if order is None else order[lo:hi],
+                counts=counts,
+                starts=begin[a:b][counts > 0] - lo,
             )
-        if reason is not None:
-            reasons[w] = reason
-    blocked = np.zeros(n_w, dtype=np.bool_)
-    blocked[list(reasons)] = True
+        )
+    return chunks, in_order
 
-    index = np.flatnonzero(fits & ~blocked[cw])
-    aw, ao = cw[index], co[index]
-    tput = p.col_throughput[index]
-    sized = d.throughput_sized[aw]
-    # Without share rules a throughput-sized workload never needs more replicas on one
-    # offer than reach its target there: one fewer would still reach it (and the offer
-    # keeps at least one, so the spread is kept). With share rules replicas may be
-    # needed to balance others; the model then allows at most ⌈1/s⌉·(⌈target / its
-    # slowest column⌉ + d_r + d_p) in total (s: its smallest share below 1; d_r, d_p:
-    # the distinct regions and providers it needs), enough to reach the target and
-    # the spread within each of ⌈1/s⌉ providers or markets. HiGHS needs this bound:
-    # with unbounded integers its cuts and heuristics stall.
-    at = np.flatnonzero(sized)
-    slowest = _per_group_min(tput[at], aw[at], n_w)
-    # A share of 0 is no share to balance: its columns are gone (see fits above).
-    smallest = np.minimum(
-        np.where((d.provider_share > 0) & (d.provider_share < 1), d.provider_share, 1.0),
-        np.where((d.spot_share > 0) & (d.spot_share < 1), d.spot_share, 1.0),
-    )
-    spread_need = (d.min_regions + d.min_providers).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        total_cap = np.where(
-            d.throughput_sized & (smallest < 1) & np.isfinite(slowest),
-            np.ceil(1 / np.maximum(smallest, _EPS) - _EPS)
-            * (np.ceil(d.target / slowest - _EPS) + spread_need),
-            np.inf,
+
+@dataclass(frozen=True, eq=False)
+class _Sites:
+    """The offers by region and provider together: the regions and the providers a
+    workload's offers span are those of the sites they are at. Regions and providers
+    are numbered 0..n-1 here, in the order of their ids."""
+
+    of_offer: IntArray
+    """The site of each offer."""
+    region: IntArray
+    """The region of each site."""
+    provider: IntArray
+    n_regions: int
+    n_providers: int
+
+    @classmethod
+    def of(cls, p: Problem) -> _Sites:
+        regions, region = np.unique(p.offer_region, return_inverse=True)
+        providers, provider = np.unique(p.offer_provider, return_inverse=True)
+        sites, of_offer = np.unique(region * len(providers) + provider, return_inverse=True)
+        return cls(
+            of_offer=of_offer.astype(np.int64),
+            region=sites // max(len(providers), 1),
+            provider=sites % max(len(providers), 1),
+            n_regions=len(regions),
+            n_providers=len(providers),
         )
 
-    # Capacity that every workload together could not fill never binds. Counted with
-    # the bounds the workloads' own rules set, not the room: a column whose bound is
-    # the offer's room is bounded, and the reduction must not treat it as unbounded.
-    at = np.flatnonzero(np.isfinite(p.offer_capacity_gpus[ao]))
-    w_at, o_at = aw[at], ao[at]
-    wanted = d.gpus[w_at] * _rule_upper(p, d, total_cap, w_at, o_at, tput[at])
-    demand = np.bincount(o_at, weights=wanted, minlength=len(p.offer_region)).astype(np.float64)
+
+def _prepare(p: Problem, d: _Demands, *, reduce: bool = True) -> _Candidates:
+    """The candidate columns, in the problem's order, and the reasons of the workloads
+    that cannot be placed whatever the others do. With ``reduce``, only the columns
+    that no anchor of their cell dominates (:func:`_dominance_anchors`); ``demand``,
+    ``capacity`` and ``total_cap`` are of every candidate column all the same.
+
+    Chunk by chunk of whole workloads (:func:`_chunks`): the checks and reasons are
+    each workload's own. Only the demand on an offer adds up over workloads, and it
+    decides which columns are bounded, so the anchors take a second pass."""
+    n_offers = len(p.offer_region)
+    chunks, in_order = _chunks(p)
+    sites = _Sites.of(p)
+    reasons: dict[int, str] = {}
+    total_cap = np.full(p.n_workloads, np.inf)
+    demand = np.zeros(n_offers)
+    offers = np.arange(n_offers)
+    finite = np.isfinite(p.offer_capacity_gpus)
+    candidates = []
+    for ch in chunks:
+        candidate, slowest = _check(p, d, ch, sites, reasons)
+        total_cap[ch.workloads] = _total_cap(d, slowest, ch.workloads)
+        # Capacity that every workload together could not fill never binds. Counted
+        # with the bounds the workloads' own rules set, not the room: a column whose
+        # bound is the offer's room is bounded, and the reduction must not treat it
+        # as unbounded.
+        at = ch.index(np.flatnonzero(candidate & finite[p.col_offer[ch.cols]]))
+        w, o = p.col_workload[at], p.col_offer[at]
+        wanted = d.gpus[w] * _rule_upper(p, d, total_cap, w, o, p.col_throughput[at])
+        # Added to the sums so far in the order of the columns, as over all at once.
+        demand = np.bincount(
+            np.concatenate([offers, o]), np.concatenate([demand, wanted]), n_offers
+        ).astype(np.float64)
+        candidates.append(candidate)
     capacity = np.where(p.offer_capacity_gpus >= demand, np.inf, p.offer_capacity_gpus)
-    bounded = np.zeros(len(index), dtype=np.bool_)
-    bounded[at] = np.isfinite(capacity[o_at])
+
+    bounded = np.isfinite(capacity)
+    cells = _CellKeys.of(p, d, region=True)
+    parts = [
+        ch.index(
+            _dominance_anchors(p, d, ch, candidate, bounded, cells)
+            if reduce
+            else np.flatnonzero(candidate)
+        )
+        for ch, candidate in zip(chunks, candidates, strict=True)
+    ]
+    index = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if not in_order:
+        index = np.sort(index)
+    offer = p.col_offer[index]
     return _Candidates(
         index=index,
-        workload=aw,
-        offer=ao,
+        workload=p.col_workload[index],
+        offer=offer,
         cost=p.col_cost[index],
-        throughput=tput,
-        bounded=bounded,
+        throughput=p.col_throughput[index],
+        bounded=bounded[offer],
         capacity=capacity,
         demand=demand,
         reasons=reasons,
         total_cap=total_cap,
     )
+
+
+def _check(
+    p: Problem, d: _Demands, ch: _Chunk, sites: _Sites, reasons: dict[int, str]
+) -> tuple[BoolArray, FloatArray]:
+    """The chunk's workloads checked alone: adds the reasons of those that cannot be
+    placed and returns which columns are candidates and, per workload, its slowest
+    candidate when sized by throughput (inf: none)."""
+    n_w, ws = ch.last - ch.first, ch.workloads
+    co, tput = p.col_offer[ch.cols], p.col_throughput[ch.cols]
+    sized = np.repeat(d.throughput_sized[ws], ch.counts)
+    spot = p.offer_spot[co]
+    useful = ~sized | (tput > 0)
+    allowed = useful & (~spot | np.repeat(d.spot_cap[ws] > 0, ch.counts))
+    fits = allowed & (p.offer_capacity_gpus[co] >= np.repeat(d.gpus[ws] - _EPS, ch.counts))
+    has_useful, has_allowed, has_fit = ch.any(useful), ch.any(allowed), ch.any(fits)
+    has_on_demand = ch.any(fits & ~spot)
+    # The sites each workload has an offer that fits at, and so its regions and providers.
+    n_sites = len(sites.region)
+    seen = np.zeros(n_w * n_sites + 1, dtype=np.bool_)
+    at_site = np.repeat(np.arange(n_w) * n_sites, ch.counts) + sites.of_offer[co]
+    seen[np.where(fits, at_site, n_w * n_sites)] = True
+    w_at, site = np.nonzero(seen[:-1].reshape(n_w, n_sites))
+    n_reg = _distinct(w_at, sites.region[site], (n_w, sites.n_regions))
+    n_prov = _distinct(w_at, sites.provider[site], (n_w, sites.n_providers))
+
+    budgets = np.array([*p.budgets, np.inf])
+    budget = budgets[d.budget_group[ws]]
+    cheapest = np.full(n_w, np.inf)
+    if np.isfinite(budget).any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_unit = p.col_cost[ch.cols] / np.where(sized, tput, 1.0)
+        cheapest = ch.least(np.where(fits, per_unit, np.inf))
+    # The smallest placement: the whole target, or (a replica-sized workload may be
+    # placed in part) the fewest replicas its spread and provider share allow.
+    with np.errstate(divide="ignore"):
+        fewest = np.maximum.reduce(
+            [
+                d.min_regions[ws].astype(np.float64),
+                d.min_providers[ws].astype(np.float64),
+                np.ceil(1 / d.provider_share[ws] - _EPS),
+            ]
+        )
+    floor_cost = np.where(d.throughput_sized[ws], d.target[ws], fewest) * cheapest
+    over_budget = floor_cost > budget * (1 + _EPS)
+
+    blocked = np.zeros(n_w, dtype=np.bool_)
+    for i in range(n_w):
+        w = ch.first + i
+        wl = p.workloads[w]
+        reason = _local_reason(
+            wl,
+            any_column=bool(ch.counts[i]),
+            has_useful=bool(has_useful[i]),
+            has_allowed=bool(has_allowed[i]),
+            has_fit=bool(has_fit[i]),
+            has_on_demand=bool(has_on_demand[i]),
+            n_regions=int(n_reg[i]),
+            n_providers=int(n_prov[i]),
+            provider_cap=float(d.provider_cap[w]),
+        )
+        if reason is None and over_budget[i]:
+            b = int(d.budget_group[w])
+            reason = (
+                f"budget group {b} exceeded: needs at least ${floor_cost[i]:.2f}/h "
+                f"of ${p.budgets[b]:.2f}/h"
+            )
+        if reason is not None:
+            reasons[w] = reason
+            blocked[i] = True
+
+    candidate = fits & ~np.repeat(blocked, ch.counts)
+    slowest = ch.least(np.where(candidate & sized, tput, np.inf))
+    return candidate, slowest
+
+
+def _total_cap(d: _Demands, slowest: FloatArray, ws: slice) -> FloatArray:
+    """Most replicas in total of workloads ``ws`` (inf: only the demand row limits it),
+    given the slowest candidate of each.
+
+    Without share rules a throughput-sized workload never needs more replicas on one
+    offer than reach its target there: one fewer would still reach it (and the offer
+    keeps at least one, so the spread is kept). With share rules replicas may be
+    needed to balance others; the model then allows at most ⌈1/s⌉·(⌈target / its
+    slowest column⌉ + d_r + d_p) in total (s: its smallest share below 1; d_r, d_p:
+    the distinct regions and providers it needs), enough to reach the target and the
+    spread within each of ⌈1/s⌉ providers or markets. HiGHS needs this bound: with
+    unbounded integers its cuts and heuristics stall."""
+    # A share of 0 is no share to balance: its columns are gone (see _check).
+    provider_share, spot_share = d.provider_share[ws], d.spot_share[ws]
+    smallest = np.minimum(
+        np.where((provider_share > 0) & (provider_share < 1), provider_share, 1.0),
+        np.where((spot_share > 0) & (spot_share < 1), spot_share, 1.0),
+    )
+    spread_need = (d.min_regions[ws] + d.min_providers[ws]).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total_cap: FloatArray = np.where(
+            d.throughput_sized[ws] & (smallest < 1) & np.isfinite(slowest),
+            np.ceil(1 / np.maximum(smallest, _EPS) - _EPS)
+            * (np.ceil(d.target[ws] / slowest - _EPS) + spread_need),
+            np.inf,
+        )
+    return total_cap
 
 
 def _local_reason(
@@ -635,37 +788,48 @@ def _local_reason(
 # -------------------------------------------------------------------------- reduction
 
 
-def _dense(raw: IntArray) -> tuple[IntArray, int]:
-    """Group ids 0..n-1 for arbitrary non-negative keys."""
-    if len(raw) == 0:
-        return raw, 0
-    size = int(raw.max()) + 1
+def _dense(raw: IntArray, size: int) -> tuple[IntArray, int]:
+    """Group ids 0..n-1 for non-negative keys below ``size``."""
     if size <= max(4 * len(raw), 1 << 16):
         return raw, size
     uniq, inverse = np.unique(raw, return_inverse=True)
     return inverse.astype(np.int64), len(uniq)
 
 
+@dataclass(frozen=True, eq=False)
+class _CellKeys:
+    """Cell keys: workload, and region / provider / market where its rules tell them
+    apart. A column's key is ``workload · size + within[mode[workload], offer]``."""
+
+    mode: IntArray
+    """Which of region (4), provider (2) and market (1) each workload's rules tell
+    apart."""
+    within: IntArray
+    """Each offer's key within a workload, for each of those 8 modes."""
+    size: int
+
+    @classmethod
+    def of(cls, p: Problem, d: _Demands, *, region: bool) -> _CellKeys:
+        n_regions = int(p.offer_region.max(initial=0)) + 1
+        n_providers = int(p.offer_provider.max(initial=0)) + 1
+        mode = (
+            ((d.min_regions > 1) & region) * 4
+            + ((d.min_providers > 1) | (d.provider_share < 1)) * 2
+            + (d.spot_share < 1)
+        ).astype(np.int64)
+        modes = np.arange(8)[:, None]
+        within = (
+            np.where(modes & 4, p.offer_region, 0) * n_providers
+            + np.where(modes & 2, p.offer_provider, 0)
+        ) * 2 + np.where(modes & 1, p.offer_spot, 0)
+        return cls(mode, within, n_regions * n_providers * 2)
+
+
 def _cells(p: Problem, d: _Demands, c: _Candidates, pos: IntArray, *, region: bool) -> IntArray:
-    """Cell key: workload, and region / provider / market where its rules tell them apart."""
-    n_regions = int(p.offer_region.max()) + 1
-    n_providers = int(p.offer_provider.max()) + 1
-    # Which of region (4), provider (2) and market (1) each workload's rules tell apart,
-    # and each offer's key within a workload for each of those 8 modes.
-    mode = (
-        ((d.min_regions > 1) & region) * 4
-        + ((d.min_providers > 1) | (d.provider_share < 1)) * 2
-        + (d.spot_share < 1)
-    ).astype(np.int64)
-    modes = np.arange(8)[:, None]
-    within = (
-        np.where(modes & 4, p.offer_region, 0) * n_providers
-        + np.where(modes & 2, p.offer_provider, 0)
-    ) * 2 + np.where(modes & 1, p.offer_spot, 0)
+    """Cell key of each column (see :class:`_CellKeys`)."""
+    keys = _CellKeys.of(p, d, region=region)
     w, o = c.workload[pos], c.offer[pos]
-    key: IntArray = (
-        w * (n_regions * n_providers * 2) + within.ravel()[mode[w] * len(p.offer_region) + o]
-    )
+    key: IntArray = w * keys.size + keys.within.ravel()[keys.mode[w] * len(p.offer_region) + o]
     return key
 
 
@@ -675,23 +839,35 @@ def _level(d: _Demands, c: _Candidates, pos: IntArray) -> FloatArray:
 
 
 def _reduce(p: Problem, d: _Demands, c: _Candidates) -> IntArray:
-    """Candidate positions that survive the three exact reductions, sorted."""
-    pos = np.arange(len(c.index), dtype=np.int64)
-    survivors = _dominance_anchors(p, d, c, pos)
-    survivors = _dominance_full(p, d, c, survivors)
+    """Candidate positions that survive the three exact reductions, sorted, of
+    candidates :func:`_prepare` left after the first step of dominance."""
+    survivors = _dominance_full(p, d, c, np.arange(len(c.index), dtype=np.int64))
     survivors = _coverage(p, d, c, survivors)
     kept: IntArray = np.sort(_prune_regions(p, d, c, survivors))
     return kept
 
 
-def _dominance_anchors(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArray:
-    """Exact, O(n): drop columns dominated by an anchor of their cell — the cheapest
-    unbounded column and, for a throughput target, the fastest unbounded one (ties to
-    the lower position)."""
-    cell, n_cells = _dense(_cells(p, d, c, pos, region=True))
-    cost = c.cost[pos]
-    unbounded = ~c.bounded[pos]
-    sized = d.throughput_sized[c.workload[pos]]
+def _dominance_anchors(
+    p: Problem,
+    d: _Demands,
+    ch: _Chunk,
+    candidate: BoolArray,
+    bounded: BoolArray,
+    cells: _CellKeys,
+) -> IntArray:
+    """Exact, O(n), the first step of dominance: the chunk's candidates (positions in
+    the chunk) that no anchor of their cell dominates — the cheapest unbounded column
+    and, for a throughput target, the fastest unbounded one (ties to the first).
+    ``bounded``: per offer, its capacity may bind."""
+    n_w, ws = ch.last - ch.first, ch.workloads
+    co, cost = p.col_offer[ch.cols], p.col_cost[ch.cols]
+    # Cell keys counted from the chunk's first workload.
+    raw = (
+        np.repeat(np.arange(n_w) * cells.size, ch.counts)
+        + cells.within.ravel()[np.repeat(cells.mode[ws] * len(p.offer_region), ch.counts) + co]
+    )
+    cell, n_cells = _dense(raw, n_w * cells.size)
+    free = candidate & ~bounded[co]
 
     def cell_min(values: FloatArray, group: IntArray) -> FloatArray:
         out = np.full(n_cells, np.inf)
@@ -700,15 +876,14 @@ def _dominance_anchors(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -
 
     # A replica count: every column serves the same, so the cheapest unbounded column
     # dominates every dearer one and every bounded one as cheap (unbounded ties stay).
-    free = unbounded & ~sized
-    cheapest = cell_min(cost[free], cell[free])
+    cheapest = cell_min(np.where(free, cost, np.inf), cell)
     best = cheapest[cell]
-    dominated = ~sized & ((cost > best) | ((cost == best) & ~unbounded))
+    dominated = (cost > best) | ((cost == best) & ~free)
 
-    at = np.flatnonzero(sized)
+    at = np.flatnonzero(candidate & np.repeat(d.throughput_sized[ws], ch.counts))
     if len(at):
-        cell_, cost_, pos_, free_ = cell[at], cost[at], pos[at], unbounded[at]
-        level_ = c.throughput[pos_]
+        cell_, cost_, free_ = cell[at], cost[at], free[at]
+        level_ = p.col_throughput[ch.cols][at]
 
         def cell_max(values: FloatArray, group: IntArray) -> FloatArray:
             out = np.full(n_cells, -1.0)
@@ -716,29 +891,28 @@ def _dominance_anchors(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -
             return out
 
         def dominated_by(best_cost: FloatArray, best_level: FloatArray, on: BoolArray) -> BoolArray:
-            """Columns no faster and no cheaper than the anchor (the first of ``on``)."""
-            anchor = np.full(n_cells, len(c.index), dtype=np.int64)
-            np.minimum.at(anchor, cell_[on], pos_[on])
+            """Columns no faster and no cheaper than the anchor (the first of ``on``);
+            ``best_*``: the anchor's, per column."""
+            anchor = np.full(n_cells, len(cost), dtype=np.int64)
+            np.minimum.at(anchor, cell_[on], at[on])
             result: BoolArray = (
-                (cost_ >= best_cost[cell_])
-                & (level_ <= best_level[cell_])
-                & (pos_ != anchor[cell_])
+                (cost_ >= best_cost) & (level_ <= best_level) & (at != anchor[cell_])
             )
             return result
 
         # The cheapest unbounded column (ties to the fastest) ...
-        cost_a = cell_min(cost_[free_], cell_[free_])
-        on = free_ & (cost_ == cost_a[cell_])
-        level_a = cell_max(level_[on], cell_[on])
-        on &= level_ == level_a[cell_]
+        cost_a = best[at]
+        on = free_ & (cost_ == cost_a)
+        level_a = cell_max(level_[on], cell_[on])[cell_]
+        on &= level_ == level_a
         by_cheapest = dominated_by(cost_a, level_a, on)
         # ... and the fastest (ties to the cheapest).
-        level_b = cell_max(level_[free_], cell_[free_])
-        on = free_ & (level_ == level_b[cell_])
-        cost_b = cell_min(cost_[on], cell_[on])
-        on &= cost_ == cost_b[cell_]
+        level_b = cell_max(level_[free_], cell_[free_])[cell_]
+        on = free_ & (level_ == level_b)
+        cost_b = cell_min(cost_[on], cell_[on])[cell_]
+        on &= cost_ == cost_b
         dominated[at] = by_cheapest | dominated_by(cost_b, level_b, on)
-    kept: IntArray = pos[~dominated]
+    kept: IntArray = np.flatnonzero(candidate & ~dominated)
     return kept
 
 
@@ -2531,7 +2705,7 @@ def solve(
     column). ``threads``: independent parts solved at once (the result is the same).
     """
     d = _Demands.of(problem.workloads)
-    c = _prepare(problem, d)
+    c = _prepare(problem, d, reduce=reduce)
     n_cand = len(c.index)
     cols = _reduce(problem, d, c) if reduce and n_cand else np.arange(n_cand, dtype=np.int64)
     x = np.zeros(len(cols))
