@@ -72,8 +72,12 @@ class PriceSource(Protocol):
     """Spot and on-demand prices.
 
     Contract: ``fetch_prices(since=None, now=...)`` returns the current price of every
-    offer the source covers. With ``since`` it may return only the changes after that
-    time (plus the current level of anything changed), as AWS spot history does.
+    offer the source covers. With ``since`` it may also return the changes after that
+    time, as AWS spot history does, and still the current level of every offer it
+    covers, unchanged ones observed at ``now`` (the AWS adapter confirms them so): a
+    price not seen again ages into stale, and an offer that a successful, fresh poll
+    leaves out counts as gone from the market
+    (:func:`arbiter.snapshots.offers_left_market`).
     """
 
     name: str
@@ -199,7 +203,8 @@ class TrafficRouter(Protocol):
 class FakeExecutor:
     """In-memory executor and router. Replicas become ready ``warmup`` after they are
     asked for (by the clock it is given); ``no_capacity`` offers raise
-    CapacityUnavailable; ``calls`` records every action."""
+    CapacityUnavailable; ``reclaimed`` offers' groups report no replica ready (the
+    provider took them back); ``calls`` records every action."""
 
     name = "fake"
 
@@ -207,6 +212,7 @@ class FakeExecutor:
         self.clock = clock
         self.warmup = warmup
         self.no_capacity: set[str] = set()
+        self.reclaimed: set[str] = set()
         self.calls: list[tuple[str, str, int]] = []
         self._groups: dict[tuple[str, str], tuple[Offer, int, datetime]] = {}
         self._weights: dict[str, dict[str, int]] = {}
@@ -236,6 +242,8 @@ class FakeExecutor:
             return None
         _, desired, since = entry
         ready = desired if self.clock.now() - since >= self.warmup else 0
+        if offer.key in self.reclaimed:
+            ready = 0
         return ReplicaGroup(workload=workload, offer=offer, desired=desired, ready=ready)
 
     def groups(self, workload: str | None = None) -> list[ReplicaGroup]:

@@ -6,7 +6,11 @@ One :meth:`Reconciler.tick`:
    last good set running and logs every error with its file:line (SIGHUP and each tick
    re-read the files only when they changed);
 2. builds the market snapshot from the store, without blocklisted offers (capacity
-   errors) and offers with an interruption notice;
+   errors), offers with an interruption notice and spot offers whose capacity is lost
+   without one: fresh market data says it is gone (the offer left the market, or a
+   fresh capacity signal puts it at 0 GPUs) *and* the executor reports the replicas
+   running there as not ready (:mod:`arbiter.domain.fleet`). Stale data never counts,
+   and neither does a missing price alone while the replicas serve;
 3. decides every workload at once and records each decision that differs from the
    workload's last one (the decision log ``arbiter decisions`` and ``explain`` read);
 4. plans against what runs (the store's placements) and the migrations in flight;
@@ -33,14 +37,14 @@ from pathlib import Path
 from arbiter.config import Mode, Settings
 from arbiter.domain.decide import Outcome, decide
 from arbiter.domain.evaluation import PolicyBook
-from arbiter.domain.fleet import InterruptionNotice
-from arbiter.domain.market import Offer
+from arbiter.domain.fleet import InterruptionNotice, spot_capacity_gone, spot_capacity_lost
+from arbiter.domain.market import Market, Offer
 from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.domain.planner import WAVE_MARK, Current, Gate, Inputs, Plan, PlannedMove, plan
 from arbiter.domain.regions import RegionCatalog
 from arbiter.domain.snapshot import MarketSnapshot
-from arbiter.domain.workloads import Workload
-from arbiter.errors import unknown_name_message
+from arbiter.domain.workloads import Placement, Workload
+from arbiter.errors import ExecutorError, unknown_name_message
 from arbiter.logs import get_logger
 from arbiter.migrator import Migrator, placements_from_store
 from arbiter.ports import Clock
@@ -86,6 +90,9 @@ class Assessment:
     plan: Plan
     current: dict[str, Current]
     unfinished: list[Migration]
+    capacity_lost: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per workload, the spot offers whose capacity is lost without a notice, with why
+    (taken out of the market the decisions were made on)."""
 
 
 @dataclass
@@ -124,6 +131,9 @@ class Reconciler:
         """Workloads the last tick held because their lost spot replicas wait for spot."""
         self.overdue: set[str] = set()
         """Workloads whose hard violation the last tick found past its drain_within."""
+        self.capacity_lost: set[tuple[str, str]] = set()
+        """(workload, offer key) whose spot capacity the last tick found lost without a
+        notice."""
         self.log = get_logger("reconcile")
 
     # ------------------------------------------------------------------ policies
@@ -257,12 +267,20 @@ class Reconciler:
         if state is None:
             return None
         snap = self.market(now, snapshot)
-        outcome = decide(
-            state.workloads, state.book, snap, self.catalog, now, policy_revision=state.revision
-        )
         running = placements_from_store(self.store.workloads.all_placements())
         unfinished = self.store.migrations.unfinished()
         busy = {m.workload for m in unfinished}
+        lost = self.spot_capacity_lost(running, busy, snap, now, market_from_store=snapshot is None)
+        gone = {key for per_offer in lost.values() for key in per_offer}
+        if gone:
+            snap = MarketSnapshot.make(
+                taken_at=snap.taken_at,
+                offers=tuple(o for o in snap.offers if o.offer.key not in gone),
+                carbon=snap.carbon,
+            )
+        outcome = decide(
+            state.workloads, state.book, snap, self.catalog, now, policy_revision=state.revision
+        )
         last = self.store.migrations.latest_per_workload()
 
         def planned(name: str) -> bool:
@@ -279,6 +297,7 @@ class Reconciler:
                 interrupted=frozenset(
                     p.offer.key for p in running.get(name, ()) if self.interrupted(p.offer)
                 ),
+                capacity_lost=lost.get(name, {}),
             )
             for name in set(running) | busy | {w.name for w in state.workloads}
             if planned(name)
@@ -296,7 +315,64 @@ class Reconciler:
             in_flight_total=len(unfinished),
             violating_since=self.store.violations.all(),
         )
-        return Assessment(state, snap, outcome, result, current, unfinished)
+        return Assessment(state, snap, outcome, result, current, unfinished, lost)
+
+    def spot_capacity_lost(
+        self,
+        running: Mapping[str, tuple[Placement, ...]],
+        busy: set[str],
+        snapshot: MarketSnapshot,
+        now: datetime,
+        *,
+        market_from_store: bool,
+    ) -> dict[str, dict[str, str]]:
+        """Per workload, the spot offers whose capacity is lost without an interruption
+        notice, with why: fresh market data says the capacity is gone (the store's
+        newest successful polls no longer list the offer — only when ``snapshot`` is the
+        store's — or its fresh capacity signal is 0 GPUs) and the executor reports fewer
+        replicas ready there than run. Only the executor is asked (and only about those
+        offers), so without one (``arbiter plan``) nothing is lost. Workloads with a
+        migration in flight (``busy``) and offers under a notice are left to those."""
+        executor = self.migrator.executor if self.migrator is not None else None
+        spot = {
+            name: placements
+            for name, placements in running.items()
+            if name not in busy
+            and any(
+                p.offer.market is Market.SPOT and not self.interrupted(p.offer) for p in placements
+            )
+        }
+        if executor is None or not spot:
+            return {}
+        from arbiter.snapshots import offers_left_market
+
+        keys = sorted({p.offer.key for ps in spot.values() for p in ps})
+        left = (
+            offers_left_market(self.store, keys, self.stale_after, now) if market_from_store else {}
+        )
+        lost: dict[str, dict[str, str]] = {}
+        for name, placements in sorted(spot.items()):
+            candidates = [p for p in placements if not self.interrupted(p.offer)]
+            gone = spot_capacity_gone(candidates, snapshot, left)
+            ready: dict[str, int] = {}
+            for p in candidates:
+                if p.offer.key not in gone:
+                    continue
+                try:
+                    group = executor.group(name, p.offer)
+                except ExecutorError as exc:
+                    self.log.warning(
+                        "could not ask the executor whether replicas run",
+                        workload=name,
+                        offer=p.offer.key,
+                        error=str(exc),
+                    )
+                    continue
+                ready[p.offer.key] = 0 if group is None else group.ready
+            found = spot_capacity_lost(candidates, gone, ready)
+            if found:
+                lost[name] = found
+        return lost
 
     def tick(self) -> TickResult:
         now = self.clock.now()
@@ -311,6 +387,7 @@ class Reconciler:
         recorded = self._record(outcome)
         self.store.pending.replace(result.pending_since)
         self.store.violations.replace(result.violating_since)
+        self._report_capacity_lost(a)
         self._report_holds(result)
         self._report_overdue(result)
 
@@ -367,6 +444,25 @@ class Reconciler:
         for name in sorted(self.waiting_for_spot - waiting):
             self.log.info("spot capacity back", workload=name)
         self.waiting_for_spot = waiting
+
+    def _report_capacity_lost(self, a: Assessment) -> None:
+        """A warning, once, for each spot placement found lost without a notice, and an
+        info line when a placement that still runs there is no longer lost."""
+        found = {(name, key) for name, per_offer in a.capacity_lost.items() for key in per_offer}
+        for name, key in sorted(found - self.capacity_lost):
+            self.log.warning(
+                "spot capacity lost without a notice",
+                workload=name,
+                offer=key,
+                detail=a.capacity_lost[name][key],
+            )
+        for name, key in sorted(self.capacity_lost - found):
+            still_there = any(
+                p.offer.key == key for p in a.current.get(name, Current(())).placements
+            )
+            if still_there:
+                self.log.info("spot capacity no longer reported lost", workload=name, offer=key)
+        self.capacity_lost = found
 
     def _report_overdue(self, result: Plan) -> None:
         """An error, once, for each workload whose hard violation outlasts its

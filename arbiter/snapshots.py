@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -107,6 +107,42 @@ def _build(store: Store, stale_after: Mapping[str, float], now: datetime) -> Mar
         offers=tuple(offers),
         carbon=tuple(carbon[z] for z in sorted(carbon)),
     )
+
+
+def offers_left_market(
+    store: Store, keys: Sequence[str], stale_after: Mapping[str, float], now: datetime
+) -> dict[str, str]:
+    """Of the offers ``keys``, those the market no longer offers, with why: every source
+    that ever priced one has polled successfully since it last listed it, and that
+    poll is fresh by the source's own ``stale_after``. Sources report every offer they
+    cover on each poll (AWS confirms unchanged spot prices at the poll's time), so an
+    offer left out of a successful poll is one the provider no longer lists.
+
+    Says nothing (the offer is not in the result) about an offer no source priced, nor
+    when a source that priced it has not succeeded since, or last succeeded so long
+    ago that its own data would be stale: a source failing, or the store not being
+    polled, must never look like capacity leaving."""
+    if not keys:
+        return {}
+    stale = stale_checker(stale_after, now)
+    succeeded = {s.source: s.last_success_at for s in store.sources.all()}
+    levels: dict[str, list[tuple[str, datetime]]] = {}
+    for level in store.prices.latest(keys=keys):
+        levels.setdefault(level.offer.key, []).append((level.source, level.last_seen))
+    left = {}
+    for key, seen in sorted(levels.items()):
+        reasons = []
+        for source, last_seen in seen:
+            success = succeeded.get(source)
+            if success is None or success <= last_seen or stale(source, success):
+                break
+            reasons.append(
+                f"{source} last listed it at {last_seen:%Y-%m-%d %H:%MZ}; its poll at "
+                f"{success:%H:%MZ} did not"
+            )
+        else:
+            left[key] = "gone from the market: " + "; ".join(reasons)
+    return left
 
 
 def choose_carbon(store: Store, stale: Callable[[str, datetime], bool]) -> dict[str, ZoneCarbon]:

@@ -21,7 +21,15 @@ from structlog.testing import capture_logs
 from arbiter.catalog import load_catalog
 from arbiter.config import InterruptionSourceConfig, Mode, Settings, load_config
 from arbiter.domain.fleet import InterruptionNotice
-from arbiter.domain.market import InstanceType, Market, Offer, PriceQuote, Provider
+from arbiter.domain.market import (
+    CapacityKind,
+    CapacitySignal,
+    InstanceType,
+    Market,
+    Offer,
+    PriceQuote,
+    Provider,
+)
 from arbiter.domain.migrations import MigrationState
 from arbiter.domain.workloads import Workload
 from arbiter.errors import AuthFailed, BadPayload, ConfigError, Throttled, Unavailable
@@ -1259,3 +1267,155 @@ def test_with_on_demand_fallback_a_batch_workload_is_replaced_on_on_demand_at_on
     result = reconciler.tick()
     assert [m.kind.value for m in result.plan.moves] == ["evacuate"]
     assert executor.first_ensure(ON_DEMAND) is not None
+
+
+# ------------------------------------------ spot capacity lost without a notice
+
+
+def poll(store: Store, clock: Clock, prices: dict[Offer, float], source: str = "test") -> None:
+    """One successful poll of ``source`` listing exactly these prices."""
+    store.prices.record(
+        [
+            PriceQuote(offer=o, usd_per_hour=p, observed_at=clock.now(), source=source)
+            for o, p in prices.items()
+        ]
+    )
+    store.sources.succeeded(source, at=clock.now())
+
+
+def placed_on_spot(
+    store: Store,
+    tmp_path: Path,
+    clock: FakeClock,
+    *,
+    policy: str = POLICY,
+    workload: str = WORKLOAD,
+) -> tuple[Reconciler, TimedExecutor]:
+    reconciler, executor = make_world(
+        store, tmp_path, clock, gpu="A10G", instance_type=G5, policy=policy, workload=workload
+    )
+    poll(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01})
+    for _ in range(4):
+        reconciler.tick()
+        clock.advance(timedelta(seconds=15))
+    assert store.workloads.placements("chat") == [(SPOT.key, 1)]
+    return reconciler, executor
+
+
+def reclaim(executor: FakeExecutor, offer: Offer) -> None:
+    """The provider takes the capacity back without a notice: the replicas are gone and
+    none can be had there."""
+    executor.reclaimed.add(offer.key)
+    executor.no_capacity.add(offer.key)
+
+
+def test_spot_capacity_gone_from_the_market_and_down_is_evacuated_without_a_notice(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock(NOW)
+    reconciler, executor = placed_on_spot(store, tmp_path, clock)
+    reclaim(executor, SPOT)
+    clock.advance(timedelta(minutes=1))
+    poll(store, clock, {ON_DEMAND: 1.01})  # the spot offer is no longer listed
+    with capture_logs() as logs:
+        result = reconciler.tick()
+    (move,) = result.plan.moves
+    assert move.kind.value == "evacuate" and move.urgent
+    assert move.reason.startswith(f"spot capacity lost: {SPOT.key}: gone from the market")
+    assert "the executor reports 0 of 1 replicas ready" in move.reason
+    (warning,) = [e for e in logs if e["event"] == "spot capacity lost without a notice"]
+    assert warning["log_level"] == "warning" and warning["workload"] == "chat"
+    assert warning["offer"] == SPOT.key and "gone from the market" in warning["detail"]
+    for _ in range(6):
+        clock.advance(timedelta(seconds=15))
+        reconciler.tick()
+    assert store.workloads.placements("chat") == [(ON_DEMAND.key, 1)]
+
+
+def test_spot_capacity_a_fresh_signal_puts_at_zero_with_its_replicas_down_is_evacuated(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock(NOW)
+    reconciler, executor = placed_on_spot(store, tmp_path, clock)
+    reclaim(executor, SPOT)
+    clock.advance(timedelta(minutes=1))
+    poll(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01})
+    store.capacity.record(
+        [
+            CapacitySignal(
+                provider=Provider.AWS,
+                region="us-east-1",
+                instance_type="g5.xlarge",
+                kind=CapacityKind.QUOTA_SPOT_GPUS_FREE,
+                value=0,
+                observed_at=clock.now(),
+                source="test",
+            )
+        ]
+    )
+    result = reconciler.tick()
+    (move,) = result.plan.moves
+    assert move.kind.value == "evacuate" and "0 GPUs" in move.reason
+    assert move.target[0].offer == ON_DEMAND
+
+
+def test_a_spot_offer_gone_from_the_market_whose_replicas_serve_is_left_running(
+    store: Store, tmp_path: Path
+) -> None:
+    """A missing price quote is not lost capacity while the executor says the replicas
+    are ready."""
+    clock = FakeClock(NOW)
+    reconciler, _ = placed_on_spot(store, tmp_path, clock)
+    clock.advance(timedelta(minutes=1))
+    poll(store, clock, {ON_DEMAND: 1.01})
+    with capture_logs() as logs:
+        result = reconciler.tick()
+    assert result.plan.moves == ()
+    assert [e for e in logs if e["event"] == "spot capacity lost without a notice"] == []
+    assert store.workloads.placements("chat") == [(SPOT.key, 1)]
+
+
+def test_stale_market_data_never_counts_as_spot_capacity_lost(store: Store, tmp_path: Path) -> None:
+    """The spot price's source has been failing for two hours (its data is stale) while
+    another source lists on-demand: the replicas are down, but nothing fresh says the
+    capacity is gone, so nothing is evacuated."""
+    clock = FakeClock(NOW)
+    reconciler, executor = placed_on_spot(store, tmp_path, clock)
+    reclaim(executor, SPOT)
+    clock.advance(timedelta(hours=2))
+    store.sources.failed("test", at=clock.now(), error="unavailable")
+    poll(store, clock, {ON_DEMAND: 1.01}, source="other")
+    result = reconciler.tick()
+    assert result.plan.moves == ()
+    assert [h.gate.value for h in result.plan.holds] == ["min_saving"]
+    assert store.workloads.placements("chat") == [(SPOT.key, 1)]
+
+
+def test_without_fallback_spot_capacity_lost_without_a_notice_waits_for_spot(
+    store: Store, tmp_path: Path
+) -> None:
+    from arbiter.domain.planner import Gate
+
+    clock = FakeClock(NOW)
+    reconciler, executor = placed_on_spot(
+        store, tmp_path, clock, policy=POLICY_WITHOUT_FALLBACK, workload=BATCH_WORKLOAD
+    )
+    reclaim(executor, SPOT)
+    clock.advance(timedelta(minutes=1))
+    poll(store, clock, {ON_DEMAND: 1.01})
+    with capture_logs() as logs:
+        result = reconciler.tick()
+    assert result.plan.moves == ()
+    assert [h.gate for h in result.plan.holds] == [Gate.WAITING_FOR_SPOT]
+    assert any(e["event"] == "waiting for spot capacity" for e in logs)
+    assert executor.first_ensure(ON_DEMAND) is None
+    assert store.workloads.placements("chat") == [(SPOT.key, 1)]  # waiting, recorded there
+
+    # the capacity is listed again and the executor has its replica back: nothing to do
+    executor.reclaimed.discard(SPOT.key)
+    clock.advance(timedelta(minutes=1))
+    poll(store, clock, {SPOT: 0.40, ON_DEMAND: 1.01})
+    with capture_logs() as logs:
+        result = reconciler.tick()
+    assert result.plan.moves == () and result.plan.holds == ()
+    assert any(e["event"] == "spot capacity back" for e in logs)

@@ -167,3 +167,63 @@ def test_building_a_snapshot_leaves_the_garbage_collector_as_it_was(
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+# ------------------------------------------------------------ offers gone from the market
+
+LISTED = NOW - timedelta(minutes=20)
+
+
+def polled(store: Store, at: datetime, *offers: Offer, source: str = "aws") -> None:
+    """One successful poll of ``source`` that listed ``offers``."""
+    store.prices.record(
+        [PriceQuote(offer=o, usd_per_hour=1.0, observed_at=at, source=source) for o in offers]
+    )
+    store.sources.succeeded(source, at=at)
+
+
+def test_an_offer_the_newest_fresh_poll_no_longer_lists_has_left_the_market(store: Store) -> None:
+    from arbiter.snapshots import offers_left_market
+
+    polled(store, LISTED, SPOT, ON_DEMAND)
+    polled(store, NOW - timedelta(minutes=5), ON_DEMAND)
+    left = offers_left_market(store, [SPOT.key, ON_DEMAND.key], {"aws": 3600}, NOW)
+    assert list(left) == [SPOT.key]
+    assert left[SPOT.key] == (
+        "gone from the market: aws last listed it at 2025-06-02 08:40Z; its poll at 08:55Z did not"
+    )
+
+
+def test_a_source_whose_last_success_is_stale_says_nothing_about_an_offer_leaving(
+    store: Store,
+) -> None:
+    from arbiter.snapshots import offers_left_market
+
+    polled(store, NOW - timedelta(hours=3), SPOT)
+    polled(store, NOW - timedelta(hours=2), ON_DEMAND)
+    assert offers_left_market(store, [SPOT.key], {"aws": 3600}, NOW) == {}
+
+
+def test_a_failing_source_says_nothing_about_an_offer_leaving(store: Store) -> None:
+    """Prices age into stale while the source fails: no poll said the offer is gone."""
+    from arbiter.snapshots import offers_left_market
+
+    polled(store, NOW - timedelta(hours=2), SPOT)
+    store.sources.failed("aws", at=NOW - timedelta(minutes=1), error="throttled")
+    assert offers_left_market(store, [SPOT.key], {"aws": 3600}, NOW) == {}
+
+
+def test_an_offer_another_source_still_lists_has_not_left_the_market(store: Store) -> None:
+    from arbiter.snapshots import offers_left_market
+
+    polled(store, LISTED, SPOT, source="aws")
+    polled(store, NOW - timedelta(minutes=5), ON_DEMAND, source="aws")
+    polled(store, NOW - timedelta(minutes=5), SPOT, source="replay")
+    assert offers_left_market(store, [SPOT.key], {"aws": 3600, "replay": 3600}, NOW) == {}
+
+
+def test_an_offer_no_source_ever_priced_has_not_left_the_market(store: Store) -> None:
+    from arbiter.snapshots import offers_left_market
+
+    polled(store, NOW - timedelta(minutes=5), ON_DEMAND)
+    assert offers_left_market(store, [SPOT.key], {"aws": 3600}, NOW) == {}

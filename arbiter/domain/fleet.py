@@ -1,14 +1,17 @@
-"""What runs: replica groups, one per (workload, offer), as an executor reports them."""
+"""What runs: replica groups, one per (workload, offer), as an executor reports them;
+notices that spot capacity will be reclaimed, and spot capacity lost without one."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 from pydantic import Field
 
 from arbiter.domain.market import Market, Offer, Provider
+from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.values import UtcDatetime, Value
-from arbiter.domain.workloads import Slug
+from arbiter.domain.workloads import Placement, Slug
 
 
 def group_id(workload: str, offer: Offer) -> str:
@@ -56,3 +59,55 @@ class InterruptionNotice(Value):
             and offer.market is self.market
             and (self.zone is None or offer.zone is None or offer.zone == self.zone)
         )
+
+
+# -------------------------------------------- spot capacity lost without a notice
+#
+# Providers do not always warn: a spot instance may be reclaimed without a notice
+# arbiter sees (no interruption source configured, the message lost). Two signals must
+# agree before replicas count as lost that way, so that neither a gap in the market
+# data nor a replica restarting moves anything:
+#
+# * fresh market data says the capacity is gone (spot_capacity_gone), and
+# * the executor reports fewer replicas ready than the placement runs
+#   (spot_capacity_lost).
+
+
+def spot_capacity_gone(
+    placements: Sequence[Placement], snapshot: MarketSnapshot, left_market: Mapping[str, str]
+) -> dict[str, str]:
+    """The spot offers of these placements whose capacity fresh market data says is
+    gone, with why: the offer left the market (``left_market``: offer key → why, for the
+    offers every source that priced them has since polled, freshly, without listing
+    them) or a capacity signal in the snapshot says no GPU can be had there (the
+    snapshot carries only fresh signals). Evidence only: see :func:`spot_capacity_lost`.
+    On-demand capacity is never taken for lost this way."""
+    gone: dict[str, str] = {}
+    for p in placements:
+        if p.offer.market is not Market.SPOT:
+            continue
+        key = p.offer.key
+        if key in left_market:
+            gone[key] = left_market[key]
+            continue
+        state = snapshot.by_key.get(key)
+        if state is not None and state.capacity_gpus == 0:
+            gone[key] = "a fresh capacity signal puts the GPUs obtainable there at 0 GPUs"
+    return gone
+
+
+def spot_capacity_lost(
+    placements: Sequence[Placement], gone: Mapping[str, str], ready: Mapping[str, int]
+) -> dict[str, str]:
+    """Of the offers whose capacity is ``gone`` (:func:`spot_capacity_gone`), those on
+    which the executor reports fewer replicas ready than the placement runs (``ready``:
+    offer key → replicas ready; an offer left out is one the executor could not report
+    on, and is not lost). A placement whose replicas serve is never lost, whatever the
+    market says."""
+    lost: dict[str, str] = {}
+    for p in placements:
+        key = p.offer.key
+        if key not in gone or key not in ready or ready[key] >= p.replicas:
+            continue
+        lost[key] = f"{gone[key]}; the executor reports {ready[key]} of {p.replicas} replicas ready"
+    return lost

@@ -43,6 +43,9 @@ With ``none`` an evacuation that would add on-demand replicas is held instead
 workload runs short until spot capacity is back there (the executor re-acquires it) or
 the decision finds spot capacity elsewhere for them, which is moved to at once. A
 placement that also breaks an enforced rule is evacuated as usual: rules come first.
+Spot capacity lost without a notice (:attr:`Current.capacity_lost`: fresh market data
+says it is gone and the executor reports the replicas down; the shell judges it) is
+treated exactly like capacity under a notice.
 
 A placement that breaks an enforced rule must be drained within the policy's
 ``on_hard_violation.drain_within``, counted from when the planner first saw it (the
@@ -122,6 +125,9 @@ class Current:
     in_flight: bool = False
     interrupted: frozenset[str] = frozenset()
     """Offer keys with an interruption notice."""
+    capacity_lost: Mapping[str, str] = field(default_factory=dict)
+    """Spot offer keys whose capacity is gone without a notice, with why: fresh market
+    data and the executor agree (:func:`arbiter.domain.fleet.spot_capacity_lost`)."""
     mid_waves: bool = False
     """The last migration was one wave of a larger move: the next wave skips
     sustained-for and cooldown (the move was already judged), not the saving gates."""
@@ -237,17 +243,15 @@ def violations(placements: Sequence[Placement], evaluator: WorkloadEvaluator) ->
 def waiting_for_spot(
     current: Current, desired: Sequence[Placement], evaluator: WorkloadEvaluator
 ) -> str | None:
-    """Why an evacuation of interrupted spot replicas must wait for spot capacity, or
-    None when it may go ahead: the policy's ``capacity.spot.fallback`` is ``none`` and
-    ``desired`` runs more replicas on on-demand than the workload does now (so some of
-    the lost spot replicas would be replaced on on-demand)."""
+    """Why an evacuation of lost spot replicas (under an interruption notice, or whose
+    capacity is gone without one) must wait for spot capacity, or None when it may go
+    ahead: the policy's ``capacity.spot.fallback`` is ``none`` and ``desired`` runs more
+    replicas on on-demand than the workload does now (so some of the lost spot replicas
+    would be replaced on on-demand)."""
     if evaluator.terms.spot.fallback != "none":
         return None
-    lost = [
-        p
-        for p in current.placements
-        if p.offer.key in current.interrupted and p.offer.market is Market.SPOT
-    ]
+    gone = current.interrupted | current.capacity_lost.keys()
+    lost = [p for p in current.placements if p.offer.key in gone and p.offer.market is Market.SPOT]
     if not lost:
         return None
     on_demand_now = sum(
@@ -257,9 +261,14 @@ def waiting_for_spot(
     if on_demand_wanted <= on_demand_now:
         return None
     short = sum(p.replicas for p in lost)
+    causes = []
+    if any(p.offer.key in current.interrupted for p in lost):
+        causes.append("to an interruption notice")
+    if any(p.offer.key not in current.interrupted for p in lost):
+        causes.append("(spot capacity gone)")
     return (
-        f"{short} replica(s) on {', '.join(sorted({p.offer.key for p in lost}))} lost to an "
-        f"interruption notice wait for spot capacity: the decision would put "
+        f"{short} replica(s) on {', '.join(sorted({p.offer.key for p in lost}))} lost "
+        f"{' or '.join(causes)} wait for spot capacity: the decision would put "
         f"{on_demand_wanted - on_demand_now} more on on-demand, and with "
         f"capacity.spot.fallback: none spot replicas are not replaced there; the workload "
         f"runs {short} replica(s) short until spot is back"
@@ -644,11 +653,14 @@ def plan(
         if cur.in_flight:
             holds.append(Hold(name, Gate.IN_FLIGHT, "a migration is under way"))
             continue
-        bad = [
+        lost = [
             f"{p.offer.key}: interruption notice"
-            for p in cur.placements
             if p.offer.key in cur.interrupted
-        ] + broken
+            else f"{p.offer.key}: {cur.capacity_lost[p.offer.key]}"
+            for p in cur.placements
+            if p.offer.key in cur.interrupted or p.offer.key in cur.capacity_lost
+        ]
+        bad = lost + broken
         complete = item.decision.placed and not item.decision.unplaceable_reasons
         if not cur.placements:
             if complete:
@@ -685,7 +697,8 @@ def plan(
                     cur.placements,
                     desired,
                     urgent=True,
-                    reason="hard violation: " + "; ".join(bad),
+                    reason=("hard violation: " if broken else "spot capacity lost: ")
+                    + "; ".join(bad),
                 )
             )
             continue

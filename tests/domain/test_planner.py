@@ -649,3 +649,40 @@ def test_a_scale_up_the_budget_cannot_pay_for_beside_dear_replicas_takes_the_dec
     (move,) = result.moves
     assert move.kind is MoveKind.SCALE_UP and move.target == (placed(WEST1, 3),)
     assert "budget of policy 'eu'" in move.reason
+
+
+# ------------------------------------ spot capacity lost without an interruption notice
+
+GONE = "gone from the market: test last listed it at 08:00Z; its poll at 08:55Z did not"
+
+
+def test_spot_capacity_lost_without_a_notice_is_evacuated_urgently_past_every_gate() -> None:
+    # the shell has taken the lost offer out of the market before deciding
+    pol = policy(spot={"fallback": "on_demand"}, **GUARDED)
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST1_SPOT, 3),),
+        pol,
+        capacity_lost={WEST1_SPOT.key: GONE},
+        last_migration_at=NOW - timedelta(minutes=1),
+    )
+    (move,) = result.moves
+    assert move.kind is MoveKind.EVACUATE and move.urgent
+    assert move.target == (placed(WEST4, 3),)
+    assert move.reason == f"spot capacity lost: {WEST1_SPOT.key}: {GONE}"
+    assert result.violating_since == {}  # the provider took it: no rule is broken
+
+
+def test_without_fallback_spot_capacity_lost_without_a_notice_waits_for_spot() -> None:
+    result = run(
+        {WEST4: 1.0},
+        (placed(WEST1_SPOT, 3),),
+        policy(spot={"fallback": "none"}),
+        tolerance="high",
+        capacity_lost={WEST1_SPOT.key: GONE},
+    )
+    assert result.moves == ()
+    (hold,) = result.holds
+    assert hold.gate is Gate.WAITING_FOR_SPOT
+    assert f"3 replica(s) on {WEST1_SPOT.key} lost (spot capacity gone)" in hold.detail
+    assert "capacity.spot.fallback: none" in hold.detail
