@@ -30,7 +30,7 @@ class OfferState(Value):
     seen_at: UtcDatetime
     stale: bool = False
     accelerator: str | None = None
-    accelerator_count: Annotated[Finite, Field(ge=0)] = 0
+    accelerator_count: Annotated[Finite, Field(ge=0)] = 0.0
     accelerator_memory_gib: Annotated[Finite, Field(gt=0)] | None = None
     interruption_bucket: Annotated[Finite, Field(ge=0, le=4)] | None = None
     """AWS Spot Advisor bucket 0 (<5 %) … 4 (>20 %); None when unknown."""

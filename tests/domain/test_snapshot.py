@@ -89,3 +89,23 @@ def test_a_snapshot_made_again_from_a_stored_one_has_its_id() -> None:
         taken_at=stored.taken_at, offers=stored.offers, carbon=stored.carbon
     )
     assert again.id == stored.id == "50da28770899ddcb"
+
+
+def test_a_state_without_an_accelerator_count_still_makes_a_snapshot() -> None:
+    """The field's default is written like every other number (it was the int 0,
+    which the fast writer's ``float.__repr__`` refused)."""
+    state = OfferState(
+        offer=Offer(
+            provider=Provider.AWS,
+            region="eu-west-1",
+            zone=None,
+            instance_type="t3.micro",
+            market=Market.ON_DEMAND,
+        ),
+        usd_per_hour=0.01,
+        seen_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    snapshot = MarketSnapshot.make(
+        taken_at=datetime(2026, 1, 1, tzinfo=UTC), offers=(state,), carbon=()
+    )
+    assert json.loads(snapshot.model_dump_json())["offers"][0]["accelerator_count"] == 0
