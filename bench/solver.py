@@ -246,7 +246,7 @@ def measure(problem: Problem, runs: int) -> dict[str, Any]:
 
 def main() -> dict[str, Any]:
     sizes = {}
-    for (n_w, n_o), runs in zip(SIZES, (3, 3, 1), strict=True):
+    for (n_w, n_o), runs in zip(SIZES, (3, 3, 3), strict=True):
         sizes[f"{n_w}x{n_o}"] = run_size(n_w, n_o, runs)
     targets = {"1000x30000": 1.0, "10000x50000": 10.0}
     result = {

@@ -2670,9 +2670,11 @@ def _lift(
         )
         h.run()
         seconds += float(h.getRunTime())
+        # Cut off by the time limit, HiGHS's bound may be below the blocks' LP
+        # minimum, itself a bound on their integer minimum.
         floor = float(h.getInfo().mip_dual_bound)
         if math.isfinite(floor):
-            bound += floor - float(at_lp[batch_of == b].sum())
+            bound += max(floor - float(at_lp[batch_of == b].sum()), 0.0)
     return bound, seconds
 
 
@@ -2727,6 +2729,8 @@ def solve(
             whole=lambda cost, bound: ledger.within(i, cost, bound),
         )
         if run.phase == 2:
+            # The best bound this part reported (the Lagrangian one, say) is its bound.
+            run.bound = max(run.bound, ledger.bound(i))
             ledger.within(i, float(model.cost @ run.values), _cost_floor(model, run))
         clock.spent(float(sizes[i]), run.seconds)
         return model, run
@@ -2761,6 +2765,11 @@ class _Whole:
         self._bound = np.full(n_parts, -np.inf)
         self._rel, self._abs = mip_rel_gap, mip_abs_gap
         self._lock = threading.Lock()
+
+    def bound(self, part: int) -> float:
+        """The best bound a part has recorded (-inf: none)."""
+        with self._lock:
+            return float(self._bound[part])
 
     def within(self, part: int, cost: float, bound: float) -> bool:
         """Record a part's best cost and a bound so far; whether the whole is now

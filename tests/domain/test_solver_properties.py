@@ -751,6 +751,11 @@ def test_the_lagrangian_bound_lies_between_the_lp_bound_and_the_optimum(p: Probl
     assert relaxed.value - tol <= lifted <= best + tol, (relaxed.value, lifted, best)
     # Each batch raises the bound, never lowers it.
     assert all(a <= b + tol for a, b in itertools.pairwise(never))
+    # Nor does a batch cut off by the time limit, whatever HiGHS's bound then.
+    hurried, _ = solver._lift(
+        model, c, relaxed, relaxed.x, lambda cost, bound: False, time_limit=1e-9
+    )
+    assert relaxed.value - tol <= hurried <= best + tol
 
 
 def test_a_part_may_stop_wider_than_the_gap_when_the_others_make_up_for_it() -> None:
