@@ -11,8 +11,11 @@ One :meth:`Reconciler.tick`:
    fresh capacity signal puts it at 0 GPUs) *and* the executor reports the replicas
    running there as not ready (:mod:`arbiter.domain.fleet`). Stale data never counts,
    and neither does a missing price alone while the replicas serve;
-3. decides every workload at once and records each decision that differs from the
-   workload's last one (the decision log ``arbiter decisions`` and ``explain`` read);
+3. decides every workload at once — each offer's known capacity (what can still be
+   obtained) plus the GPUs arbiter's own replicas hold there, running or migrating
+   (:func:`arbiter.domain.fleet.gpus_held`) — and records each decision that differs
+   from the workload's last one (the decision log ``arbiter decisions`` and
+   ``explain`` read);
 4. plans against what runs (the store's placements) and the migrations in flight;
 5. acts by mode, globally (``[daemon] mode``) or per workload (``[daemon]
    workload_modes``) — ``observe``: the workload is decided and its decision recorded,
@@ -29,7 +32,7 @@ One :meth:`Reconciler.tick`:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +40,12 @@ from pathlib import Path
 from arbiter.config import Mode, Settings
 from arbiter.domain.decide import Outcome, decide
 from arbiter.domain.evaluation import PolicyBook
-from arbiter.domain.fleet import InterruptionNotice, spot_capacity_gone, spot_capacity_lost
+from arbiter.domain.fleet import (
+    InterruptionNotice,
+    gpus_held,
+    spot_capacity_gone,
+    spot_capacity_lost,
+)
 from arbiter.domain.market import Market, Offer
 from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.domain.planner import WAVE_MARK, Current, Gate, Inputs, Plan, PlannedMove, plan
@@ -80,6 +88,24 @@ def _fingerprint(paths: list[str]) -> tuple[tuple[str, float, int], ...]:
                 continue
             out.append((str(f), st.st_mtime, st.st_size))
     return tuple(out)
+
+
+def fleet_gpus_held(
+    store: Store,
+    workloads: Sequence[Workload],
+    running: Mapping[str, Sequence[Placement]],
+    unfinished: Sequence[Migration],
+) -> dict[str, float]:
+    """Per offer key, the GPUs arbiter's own replicas hold there — running
+    (``running``: the store's placements) or migrating (``unfinished``) — for decide to
+    give back to the offer's capacity (:func:`arbiter.domain.fleet.gpus_held`). A
+    workload's GPUs per replica come from ``workloads`` (the files in force), else, for
+    one that left them and still runs, from the spec the store last recorded."""
+    sizes = {w.name: w.gpus_per_replica for w in workloads}
+    if (set(running) | {m.workload for m in unfinished}) - sizes.keys():
+        for w in store.workloads.all():
+            sizes.setdefault(w.name, w.gpus_per_replica)
+    return gpus_held(running, unfinished, sizes)
 
 
 @dataclass
@@ -279,7 +305,13 @@ class Reconciler:
                 carbon=snap.carbon,
             )
         outcome = decide(
-            state.workloads, state.book, snap, self.catalog, now, policy_revision=state.revision
+            state.workloads,
+            state.book,
+            snap,
+            self.catalog,
+            now,
+            policy_revision=state.revision,
+            held_gpus=fleet_gpus_held(self.store, state.workloads, running, unfinished),
         )
         last = self.store.migrations.latest_per_workload()
 

@@ -83,6 +83,11 @@ def _build(store: Store, stale_after: Mapping[str, float], now: datetime) -> Mar
         t = types.get((o.provider, o.instance_type))
         spot = o.market is Market.SPOT
         where = (o.provider, o.region, o.instance_type)
+        # Both mean GPUs that can still be had, ours already taken out (decide adds ours
+        # back): the quota left (limit − usage) of the offer's market, or none at all
+        # while the type is unavailable here (an Azure restriction). An availability of
+        # 1 is a yes, not a count, and a placement score or an interruption bucket is a
+        # likelihood: neither bounds capacity.
         capacity = quota.get((*where, _QUOTA[spot]))
         if available.get(where) == 0:
             capacity = 0.0

@@ -422,3 +422,54 @@ def test_recommend_logs_a_scale_up_as_what_it_would_do(store: Store, tmp_path: P
     (logged,) = [e for e in logs if e["event"] == "would migrate"]
     assert logged["kind"] == "scale-up" and logged["target"] == [f"{WEST4.key}×4"]
     assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+
+
+def test_a_workload_whose_replicas_use_up_the_remaining_quota_is_decided_where_it_runs(
+    store: Store, tmp_path: Path
+) -> None:
+    """GCP reports quota as limit − usage: with chat's two L4s running in europe-west4,
+    0 GPUs remain there. They are chat's own, so the decision keeps it there; nothing
+    is held back by a saving gate, nothing moves."""
+    from arbiter.domain.market import CapacityKind, CapacitySignal
+
+    world = World(store, tmp_path)
+    world.prices(west4=1.0, west1=1.5)
+    world.tick(8)
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+    store.capacity.record(
+        [
+            CapacitySignal(
+                provider="gcp",
+                region="europe-west4",
+                instance_type="g2-standard-4",
+                kind=CapacityKind.QUOTA_GPUS_FREE,
+                value=0,
+                observed_at=world.clock.now(),
+                source="test",
+            )
+        ]
+    )
+    world.prices(west4=1.0, west1=1.5)
+    result = world.tick()
+    decision = result.outcome.decision("chat")
+    assert [(p.offer.key, p.replicas) for p in decision.placements] == [(WEST4.key, 2)]
+    assert result.plan.moves == () and result.plan.holds == ()
+    assert store.workloads.placements("chat") == [(WEST4.key, 2)]
+
+
+def test_a_running_workload_removed_from_the_files_still_holds_its_gpus(store: Store) -> None:
+    """Its replicas run until released: their size comes from the spec the store last
+    recorded."""
+    from arbiter.domain.workloads import GpuOption, Workload
+    from arbiter.reconcile import fleet_gpus_held
+
+    gone = Workload(
+        name="chat",
+        data_class="internal",
+        gpus_per_replica=2,
+        replicas=2,
+        gpu_options=(GpuOption(model="L4", tokens_per_second=500),),
+    )
+    store.workloads.upsert(gone, now=NOW)
+    running = {"chat": (Placement(workload="chat", offer=WEST4, replicas=3),)}
+    assert fleet_gpus_held(store, (), running, []) == {WEST4.key: 6.0}

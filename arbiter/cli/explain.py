@@ -2,9 +2,10 @@
 anywhere else — every region, every rule that excluded it, and the file:line that
 wrote the rule.
 
-Read-only. The market is the store's newest data (opened read-only), or a snapshot
-file with ``--snapshot``; policies and workloads come from the config's [policies]
-paths unless given.
+Read-only. The market is the store's newest data (opened read-only), decided against
+the store's fleet as the daemon decides (the GPUs our replicas hold count back into
+their offers' capacity), or a snapshot file with ``--snapshot``, decided without a
+fleet; policies and workloads come from the config's [policies] paths unless given.
 """
 
 from __future__ import annotations
@@ -147,6 +148,16 @@ def explain(
             f"unknown workload {workload!r}; known: {', '.join(sorted(names)) or 'none'} "
             f"(from {', '.join(workloads)})"
         )
+    held = None
+    if snapshot is None:
+        # The store's market, against the store's fleet: the GPUs our replicas hold
+        # come back to their offers' capacity, as in the daemon's pass.
+        from arbiter.migrator import placements_from_store
+        from arbiter.reconcile import fleet_gpus_held
+
+        store = obj.open_store()
+        running = placements_from_store(store.workloads.all_placements())
+        held = fleet_gpus_held(store, inputs.workloads, running, store.migrations.unfinished())
     outcome = decide(
         inputs.workloads,
         inputs.book,
@@ -154,6 +165,7 @@ def explain(
         inputs.catalog,
         inputs.snapshot.taken_at,
         policy_revision=inputs.revision,
+        held_gpus=held,
     )
     ex = explain_workload(outcome.evaluator(workload), outcome.decision(workload))
     solver = solver_summary(outcome.solution)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,7 +53,12 @@ class Outcome:
 class _Offers:
     """The snapshot's offers as arrays, indexed once per decide() call."""
 
-    def __init__(self, snapshot: MarketSnapshot, catalog: RegionCatalog):
+    def __init__(
+        self,
+        snapshot: MarketSnapshot,
+        catalog: RegionCatalog,
+        held_gpus: Mapping[str, float] | None = None,
+    ):
         states = snapshot.offers
         self.states = states
         offers = [s.offer for s in states]
@@ -83,6 +88,13 @@ class _Offers:
             float,
             count=n,
         )
+        if held_gpus:
+            # A known capacity is what can still be obtained, our own replicas' GPUs
+            # taken out (OfferState.capacity_gpus): they come back to their offer, once,
+            # for every workload to share. Unknown (inf) stays unknown.
+            self.capacity += np.fromiter(
+                (held_gpus.get(o.key, 0.0) for o in offers), float, count=n
+            )
         self.implausible = self._implausibly_cheap(snapshot)
         carbon = snapshot.carbon_by_zone()
         intensity = []
@@ -296,6 +308,7 @@ def decide(
     mip_rel_gap: float = 1e-6,
     mip_abs_gap: float = 0.01,
     reduce: bool = True,
+    held_gpus: Mapping[str, float] | None = None,
 ) -> Outcome:
     """Decide every workload at once. The stopping gap is absolute by default (within
     $0.01/h of the proven optimum): a gap relative to the whole fleet's cost would let
@@ -305,8 +318,17 @@ def decide(
 
     ``reduce=False`` gives the solver every compliant column instead of leaving out
     those its own reduction drops (see :func:`_undominated`): the same decisions,
-    slower."""
-    offers = _Offers(snapshot, catalog)
+    slower.
+
+    ``held_gpus``: per offer key, the GPUs arbiter's own replicas hold there now
+    (:func:`arbiter.domain.fleet.gpus_held`: the fleet's placements and the
+    migrations under way). An offer's known capacity counts only what can still be
+    obtained, with those GPUs already taken out; they are added back, so a workload
+    keeps its replicas where they run when that is still best, and capacity a workload
+    may leave counts once, shared by every workload. Without it (policy tests, policy
+    diff, a snapshot file) every known capacity is taken as free for the whole
+    placement."""
+    offers = _Offers(snapshot, catalog, held_gpus)
     builder = _ColumnBuilder(offers, reduce=reduce)
     demands: list[WorkloadDemand] = []
     columns: list[_Columns] = []

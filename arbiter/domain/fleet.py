@@ -1,5 +1,6 @@
 """What runs: replica groups, one per (workload, offer), as an executor reports them;
-notices that spot capacity will be reclaimed, and spot capacity lost without one."""
+the GPUs arbiter's own replicas hold on each offer; notices that spot capacity will be
+reclaimed, and spot capacity lost without one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 from pydantic import Field
 
 from arbiter.domain.market import Market, Offer, Provider
+from arbiter.domain.migrations import Migration, MigrationState
 from arbiter.domain.snapshot import MarketSnapshot
 from arbiter.domain.values import UtcDatetime, Value
 from arbiter.domain.workloads import Placement, Slug
@@ -32,6 +34,55 @@ class ReplicaGroup(Value):
     @property
     def id(self) -> str:
         return group_id(self.workload, self.offer)
+
+
+# --------------------------------------------------------- GPUs our replicas hold
+#
+# The capacity signals in a snapshot count what can still be obtained: GPU quota left
+# (limit − usage) or availability of more, with the GPUs arbiter's own replicas use
+# already taken out. Decide gives those GPUs back to their offer (see
+# :func:`arbiter.domain.decide.decide`), so the workloads already there can stay.
+
+
+def gpus_held(
+    placements: Mapping[str, Sequence[Placement]],
+    migrations: Sequence[Migration],
+    gpus_per_replica: Mapping[str, int],
+) -> dict[str, float]:
+    """Per offer key, the GPUs arbiter's own replicas hold there: each workload's
+    replicas on the offer times its ``gpus_per_replica``, summed over workloads.
+
+    ``placements`` is what runs (the store's placements: a migration's source until it
+    is done or rolled back). A migration under way (provisioning to releasing, or
+    rolling back) runs max(source, target) replicas on each offer, as the migrator
+    provisions them: its new replicas hold GPUs from provisioning on, and the replicas
+    it drains away hold theirs until they are released. A planned migration has
+    started nothing. Replicas of a workload whose spec is unknown (not in
+    ``gpus_per_replica``) are left out: their size is unknown, so nothing is given
+    back for them."""
+    replicas: dict[tuple[str, str], int] = {}
+    for name, ps in placements.items():
+        for p in ps:
+            key = (name, p.offer.key)
+            replicas[key] = replicas.get(key, 0) + p.replicas
+    for m in migrations:
+        if m.state.finished or m.state is MigrationState.PLANNED:
+            continue
+        source: dict[str, int] = {}
+        target: dict[str, int] = {}
+        for side, ps in ((source, m.source), (target, m.target)):
+            for p in ps:
+                side[p.offer.key] = side.get(p.offer.key, 0) + p.replicas
+        for offer_key in source.keys() | target.keys():
+            key = (m.workload, offer_key)
+            running = max(source.get(offer_key, 0), target.get(offer_key, 0))
+            replicas[key] = max(replicas.get(key, 0), running)
+    held: dict[str, float] = {}
+    for (name, offer_key), n in sorted(replicas.items()):
+        gpus = gpus_per_replica.get(name)
+        if gpus is not None and n > 0:
+            held[offer_key] = held.get(offer_key, 0.0) + float(n * gpus)
+    return held
 
 
 class InterruptionNotice(Value):

@@ -46,11 +46,14 @@ class CapacityKind(StrEnum):
     INTERRUPTION_BUCKET = "interruption_bucket"
     """AWS Spot Advisor interruption frequency bucket, 0 (<5%) to 4 (>20%)."""
     QUOTA_GPUS_FREE = "quota_gpus_free"
-    """GPUs still available under a regional on-demand quota (a ceiling, not a promise)."""
+    """GPUs still available under a regional on-demand quota (a ceiling, not a promise):
+    limit − usage, so the GPUs our own VMs use are already taken out."""
     QUOTA_SPOT_GPUS_FREE = "quota_spot_gpus_free"
-    """GPUs still available under a regional spot / preemptible / low-priority quota."""
+    """GPUs still available under a regional spot / preemptible / low-priority quota
+    (limit − usage, like :attr:`QUOTA_GPUS_FREE`)."""
     AVAILABLE = "available"
-    """Observed availability: 1 if capacity was obtainable, 0 if not (or a count)."""
+    """Observed availability: 1 if capacity was obtainable, 0 if not (or a count). Only
+    0 bounds an offer's capacity (no *more* can be had; what runs keeps running)."""
 
 
 _CAPACITY_RANGES: dict[CapacityKind, tuple[float, float]] = {

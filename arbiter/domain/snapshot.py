@@ -36,7 +36,11 @@ class OfferState(Value):
     """AWS Spot Advisor bucket 0 (<5 %) … 4 (>20 %); None when unknown."""
     placement_score: Annotated[Finite, Field(ge=1, le=10)] | None = None
     capacity_gpus: Annotated[Finite, Field(ge=0)] | None = None
-    """GPUs obtainable (quota or availability) for this offer's market; None = unknown."""
+    """GPUs still obtainable (quota or availability) for this offer's market, beyond
+    what already runs there — arbiter's own replicas included: a remaining quota
+    (limit − usage) or 0 when no more can be had, never a total limit. None = unknown.
+    Decide adds back the GPUs arbiter's own replicas hold on the offer
+    (:func:`arbiter.domain.fleet.gpus_held`)."""
 
 
 class ZoneCarbon(Value):

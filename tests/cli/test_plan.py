@@ -208,3 +208,55 @@ def test_replicas_the_spec_asks_for_are_planned_as_a_scale_up(site: tuple[Path, 
     assert any(
         line.startswith("Plan: 0 to place, 1 to scale up, 0 to scale down") for line in lines
     )
+
+
+def run_quota_out_on_west1(root: Path, store: Store) -> None:
+    """chat runs its two replicas on europe-west1, the cheaper region, and they use up
+    the L4 quota there: GCP reports limit − usage, 0 GPUs left."""
+    from arbiter.domain.market import CapacityKind, CapacitySignal
+    from arbiter.policy_loader import load_workloads
+
+    (chat,) = load_workloads([root / "workloads"]).workloads
+    store.workloads.upsert(chat, now=NOW)
+    store.workloads.set_placements(
+        "chat", [Placement(workload="chat", offer=WEST1, replicas=2)], now=NOW
+    )
+    store.capacity.record(
+        [
+            CapacitySignal(
+                provider="gcp",
+                region="europe-west1",
+                instance_type="g2-standard-4",
+                kind=CapacityKind.QUOTA_GPUS_FREE,
+                value=0,
+                observed_at=NOW,
+                source="test",
+            )
+        ]
+    )
+
+
+def test_the_plan_leaves_a_workload_on_the_quota_its_own_replicas_use(
+    site: tuple[Path, Store],
+) -> None:
+    root, store = site
+    run_quota_out_on_west1(root, store)
+    body = plan(root)
+    assert body["moves"] == [] and body["held"] == []
+
+
+def test_explain_on_the_store_places_a_workload_on_the_quota_its_own_replicas_use(
+    site: tuple[Path, Store],
+) -> None:
+    """explain decides as the daemon does: against the store's fleet."""
+    root, store = site
+    run_quota_out_on_west1(root, store)
+    result = CliRunner().invoke(
+        cli, ["--config", str(root / "config.toml"), "explain", "chat", "-o", "json"],
+        obj=Context(None, None),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["placed"] and body["unplaceable_reasons"] == []
+    (region,) = [r for r in body["regions"] if r["status"] == "placed"]
+    assert region["region"] == "gcp:europe-west1" and region["replicas"] == 2

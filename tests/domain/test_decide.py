@@ -148,3 +148,54 @@ def test_a_budget_reason_names_the_policy_that_sets_the_budget() -> None:
     (d,) = decide([chat()], PolicyBook((pol,)), snap, CATALOG, NOW).decisions
     assert placed(d) == {"gcp:europe-west4": 1}
     assert d.unplaceable_reasons == ("budget of policy 'eu' exceeded: 1 of 2 replicas placed",)
+
+
+# ------------------------------------------------- capacity our own replicas hold
+
+
+def test_a_workload_using_up_an_offers_remaining_capacity_stays_there_while_cheapest() -> None:
+    """A remaining quota of 0 GPUs says no *more* can be had: chat's own 16 GPUs are
+    already on europe-west4, and keeping them there needs none."""
+    west4 = offer("gcp", "europe-west4", 80, capacity_gpus=0)
+    snap = snapshot(west4, offer("aws", "eu-central-1", 90))
+    (d,) = decide(
+        [chat()],
+        PolicyBook((eu_policy(),)),
+        snap,
+        CATALOG,
+        NOW,
+        held_gpus={west4.offer.key: 16},
+    ).decisions
+    assert placed(d) == {"gcp:europe-west4": 2}
+    assert d.unplaceable_reasons == ()
+
+
+def test_gpus_given_back_to_an_offer_are_shared_by_every_workload_and_count_once() -> None:
+    """chat's 16 GPUs on europe-west4 come back once: with 8 more free, 24 GPUs hold
+    three of the four 8-GPU replicas asked for there, whichever workload they belong to."""
+    west4 = offer("gcp", "europe-west4", 80, capacity_gpus=8)
+    snap = snapshot(west4, offer("aws", "eu-central-1", 90))
+    workloads = [chat(), chat(name="batch")]
+    outcome = decide(
+        workloads,
+        PolicyBook((eu_policy(),)),
+        snap,
+        CATALOG,
+        NOW,
+        held_gpus={west4.offer.key: 16},
+    )
+    on_west4 = sum(placed(d).get("gcp:europe-west4", 0) for d in outcome.decisions)
+    on_aws = sum(placed(d).get("aws:eu-central-1", 0) for d in outcome.decisions)
+    assert (on_west4, on_aws) == (3, 1)
+
+
+def test_gpus_held_on_an_offer_of_unknown_capacity_change_nothing() -> None:
+    west4 = offer("gcp", "europe-west4", 80)
+    snap = snapshot(west4, offer("aws", "eu-central-1", 90))
+    decided = [
+        decide(
+            [chat(replicas=3)], PolicyBook((eu_policy(),)), snap, CATALOG, NOW, held_gpus=held
+        ).decisions[0]
+        for held in ({}, {west4.offer.key: 16})
+    ]
+    assert placed(decided[0]) == placed(decided[1]) == {"gcp:europe-west4": 3}

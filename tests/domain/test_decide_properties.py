@@ -223,3 +223,31 @@ def test_leaving_out_the_columns_the_solver_would_drop_changes_no_decision(
     assert reduced.solution.workloads == full.solution.workloads
     assert reduced.solution.columns_after == full.solution.columns_after
     assert reduced.solution.total_cost == full.solution.total_cost
+
+
+@settings(DECIDE, max_examples=50)
+@given(workload_lists(), eu_policies(), snapshots, st.data())
+def test_gpus_our_replicas_hold_count_as_that_much_more_known_capacity_on_their_offer(
+    workloads: list[Workload], policy: Policy, snapshot: MarketSnapshot, data: st.DataObject
+) -> None:
+    """Giving back held GPUs is the market reporting them free: where capacity is known
+    it rises by them, where unknown it stays unbounded."""
+    held = {
+        s.offer.key: float(data.draw(st.integers(0, 16), label=s.offer.key))
+        for s in snapshot.offers
+    }
+    raised = MarketSnapshot.make(
+        taken_at=NOW,
+        offers=tuple(
+            s
+            if s.capacity_gpus is None
+            else s.model_copy(update={"capacity_gpus": s.capacity_gpus + held[s.offer.key]})
+            for s in snapshot.offers
+        ),
+        carbon=snapshot.carbon,
+    )
+    book = PolicyBook((policy,))
+    given_back = decide(workloads, book, snapshot, CATALOG, NOW, time_limit=10.0, held_gpus=held)
+    reported = decide(workloads, book, raised, CATALOG, NOW, time_limit=10.0)
+    for a, b in zip(given_back.decisions, reported.decisions, strict=True):
+        assert (a.placements, a.unplaceable_reasons) == (b.placements, b.unplaceable_reasons)
