@@ -130,9 +130,11 @@ def spot_capacity_gone(
     """The spot offers of these placements whose capacity fresh market data says is
     gone, with why: the offer left the market (``left_market``: offer key → why, for the
     offers every source that priced them has since polled, freshly, without listing
-    them) or a capacity signal in the snapshot says no GPU can be had there (the
-    snapshot carries only fresh signals). Evidence only: see :func:`spot_capacity_lost`.
-    On-demand capacity is never taken for lost this way."""
+    them). Evidence only: see :func:`spot_capacity_lost`. On-demand capacity is never
+    taken for lost this way. A capacity signal of 0 is not evidence: every signal that
+    bounds capacity is what is left of a quota with arbiter's own VMs counted in its
+    usage (docs/sources/README.md), so 0 is also what a placement that fills its
+    quota reads while its replicas merely restart."""
     gone: dict[str, str] = {}
     for p in placements:
         if p.offer.market is not Market.SPOT:
@@ -140,10 +142,6 @@ def spot_capacity_gone(
         key = p.offer.key
         if key in left_market:
             gone[key] = left_market[key]
-            continue
-        state = snapshot.by_key.get(key)
-        if state is not None and state.capacity_gpus == 0:
-            gone[key] = "a fresh capacity signal puts the GPUs obtainable there at 0 GPUs"
     return gone
 
 
