@@ -7,8 +7,8 @@ One :meth:`Reconciler.tick`:
    re-read the files only when they changed);
 2. builds the market snapshot from the store, without blocklisted offers (capacity
    errors), offers with an interruption notice and spot offers whose capacity is lost
-   without one: fresh market data says it is gone (the offer left the market, or a
-   fresh capacity signal puts it at 0 GPUs) *and* the executor reports the replicas
+   without one: fresh market data says it is gone (the offer left the market; a
+   capacity signal of 0 is not enough) *and* the executor reports the replicas
    running there as not ready (:mod:`arbiter.domain.fleet`). Stale data never counts,
    and neither does a missing price alone while the replicas serve;
 3. decides every workload at once — each offer's known capacity (what can still be

@@ -7,6 +7,7 @@ WattTime's percentile) carries its own unit so it is never mistaken for one.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from typing import Annotated
 
@@ -110,7 +111,15 @@ class Offer(Value):
 
     @classmethod
     def from_key(cls, key: str) -> Offer:
-        """The offer a :attr:`key` names (ValueError when it is not one)."""
+        """The offer a :attr:`key` names (ValueError when it is not one). Offers are
+        frozen, so one parsed before is returned again: each reconcile pass reads
+        every running placement's key."""
+        if cls is Offer:
+            return _offer_from_key(key)
+        return cls._parse_key(key)
+
+    @classmethod
+    def _parse_key(cls, key: str) -> Offer:
         parts = key.split(":")
         if len(parts) != 5:
             raise ValueError(f"not an offer key (provider:region:zone:type:market): {key!r}")
@@ -122,6 +131,11 @@ class Offer(Value):
             instance_type=instance_type,
             market=market,  # type: ignore[arg-type]
         )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _offer_from_key(key: str) -> Offer:
+    return Offer._parse_key(key)
 
 
 class PriceQuote(Value):
