@@ -113,7 +113,8 @@ DESCRIPTIONS: dict[str, str] = {
     "policy:redundancy": "How replicas are spread. Comes from the first loaded policy that "
     "selects the workload and sets it.",
     "policy:redundancy.min_replicas": "Least replicas: a workload sized by `replicas` gets "
-    "at least this many. Not applied to workloads sized by `required_tokens_per_second`.",
+    "at least this many; one sized by `required_tokens_per_second` is placed on at least "
+    "this many replicas in all, even when fewer would reach its throughput.",
     "policy:redundancy.spread": "Spread the replicas over distinct regions or providers.",
     "policy:redundancy.spread.across": "`region` or `provider`.",
     "policy:redundancy.spread.min_distinct": "Least distinct regions (or providers) holding "

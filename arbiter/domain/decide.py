@@ -367,6 +367,10 @@ def decide(
             max_share_per_provider=r.max_share_per_provider or 1.0,
             max_spot_share=terms.spot.max_share if spot_ok else 0.0,
             budget_group=budget_group,
+            # A replica count took min_replicas above; a throughput target keeps it here.
+            min_replicas=(
+                r.min_replicas or 1 if workload.required_tokens_per_second is not None else 1
+            ),
         )
         demands.append(demand)
         columns.append(builder.columns(ev, terms, spot_ok, demand))

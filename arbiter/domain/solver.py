@@ -171,6 +171,9 @@ class WorkloadDemand:
     max_share_per_provider: float = 1.0
     max_spot_share: float = 1.0
     budget_group: int | None = None
+    min_replicas: int = 1
+    """For a throughput target: at least this many replicas in all (a replica count
+    says how many already)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -185,6 +188,8 @@ class WorkloadDemand:
             raise ValueError(f"{self.name}: min_throughput must be a positive number")
         if self.gpus_per_replica < 1:
             raise ValueError(f"{self.name}: gpus_per_replica must be at least 1")
+        if self.min_replicas < 1:
+            raise ValueError(f"{self.name}: min_replicas must be at least 1")
         if self.min_distinct_regions < 1 or self.min_distinct_providers < 1:
             raise ValueError(f"{self.name}: min_distinct_* must be at least 1")
         for key in ("max_share_per_provider", "max_spot_share"):
@@ -347,6 +352,9 @@ class _Demands:
     spot_cap: FloatArray
     """Most replicas a workload may put on spot (inf: no limit but the share row)."""
     provider_cap: FloatArray
+    min_count: FloatArray
+    """Fewest replicas a throughput target takes in all (1 unless it sets more; 0 for
+    a replica count)."""
 
     @classmethod
     def of(cls, workloads: Sequence[WorkloadDemand]) -> _Demands:
@@ -370,6 +378,10 @@ class _Demands:
             ),
             spot_cap=_share_cap(spot_share, replicas, sized),
             provider_cap=_share_cap(provider_share, replicas, sized),
+            min_count=np.array(
+                [w.min_replicas if w.min_throughput is not None else 0 for w in workloads],
+                dtype=np.float64,
+            ),
         )
 
 
@@ -416,7 +428,7 @@ def _rule_upper(
     upper: FloatArray = by_market.ravel()[w * 2 + p.offer_spot[o]]
     at = np.flatnonzero(d.throughput_sized[w])
     cap = total_cap[w[at]]
-    reach = np.ceil(d.target[w[at]] / tput[at] - _EPS)
+    reach = np.maximum(np.ceil(d.target[w[at]] / tput[at] - _EPS), d.min_count[w[at]])
     upper[at] = np.where(np.isfinite(cap), cap, reach)
     return upper
 
@@ -723,7 +735,7 @@ def _total_cap(d: _Demands, slowest: FloatArray, ws: slice) -> FloatArray:
         total_cap: FloatArray = np.where(
             d.throughput_sized[ws] & (smallest < 1) & np.isfinite(slowest),
             np.ceil(1 / np.maximum(smallest, _EPS) - _EPS)
-            * (np.ceil(d.target[ws] / slowest - _EPS) + spread_need),
+            * (np.maximum(np.ceil(d.target[ws] / slowest - _EPS), d.min_count[ws]) + spread_need),
             np.inf,
         )
     return total_cap
@@ -969,7 +981,9 @@ def _coverage(p: Problem, d: _Demands, c: _Candidates, pos: IntArray) -> IntArra
     sized = d.throughput_sized[w]
     need = d.replicas[w].copy()
     cap = c.total_cap[w[sized]]
-    reach = np.ceil(d.target[w[sized]] / c.throughput[pos[sized]] - _EPS)
+    reach = np.maximum(
+        np.ceil(d.target[w[sized]] / c.throughput[pos[sized]] - _EPS), d.min_count[w[sized]]
+    )
     need[sized] = np.where(np.isfinite(cap), cap, reach)
     bounded = c.bounded[pos]
     room = np.where(bounded, _own_room(p, d, c, pos), 0.0)
@@ -1491,6 +1505,16 @@ def _build(p: Problem, d: _Demands, c: _Candidates, cols: IntArray) -> _Model:
     _add_share_rounding(a, d, w, x, tput, spot, provider, placed_var)
     _add_mix_cuts(a, d, w, x, tput, spot, placed_var)
     _add_share_hulls(a, d, w, x, tput, spot, placed_var, lambda k: new_vars(k, 0.0, 1.0, 0.0, 0))
+    # The fewest replicas of a throughput-sized workload, if it sets more than one:
+    # Σ x ≥ min_replicas · z.
+    counted = np.flatnonzero(active & sized & (d.min_count > 1))
+    if len(counted):
+        first = a.add_rows(np.zeros(len(counted)), np.full(len(counted), np.inf))
+        count_of = np.full(n_w, -1, dtype=np.int64)
+        count_of[counted] = first + np.arange(len(counted))
+        on = count_of[w] >= 0
+        a.add(count_of[w[on]], x[on], 1.0)
+        a.add(count_of[counted], placed_var[counted], -d.min_count[counted])
     # The total of a throughput-sized workload with share rules (see _prepare).
     capped_total = np.flatnonzero(active & np.isfinite(c.total_cap))
     if len(capped_total):
@@ -1646,6 +1670,7 @@ class _Tally:
             and max(self.providers.values()) <= d.provider_share[w] * self.placed + _EPS
             and self.spot <= d.spot_share[w] * self.placed + _EPS
             and (not d.throughput_sized[w] or self.reached >= d.target[w] * (1 - 1e-9))
+            and self.placed >= d.min_count[w]
         )
 
 

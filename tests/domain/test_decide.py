@@ -131,6 +131,18 @@ def test_throughput_per_dollar_decides_between_gpu_models() -> None:
     assert {p.offer.instance_type: p.replicas for p in d.placements} == {"H100x1": 2}
 
 
+def test_min_replicas_gives_a_throughput_target_that_many_replicas() -> None:
+    """One H100 alone reaches 2,000 tokens/s; the policy asks for 3 replicas."""
+    w = chat(gpus_per_replica=1, replicas=None, required_tokens_per_second=2000)
+    snap = snapshot(offer("aws", "eu-central-1", 2.0, count=1))
+    (alone,) = decide([w], PolicyBook((eu_policy(),)), snap, CATALOG, NOW).decisions
+    assert placed(alone) == {"aws:eu-central-1": 1}
+    pol = eu_policy(redundancy={"min_replicas": 3})
+    (d,) = decide([w], PolicyBook((pol,)), snap, CATALOG, NOW).decisions
+    assert placed(d) == {"aws:eu-central-1": 3}
+    assert d.usd_per_hour == 6.0
+
+
 def test_carbon_is_reported_in_grams_per_hour() -> None:
     snap = snapshot(
         offer("gcp", "europe-west4", 80),

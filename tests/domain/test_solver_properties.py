@@ -84,6 +84,7 @@ def problems(
                 budget_group=(
                     draw(st.none() | st.integers(0, len(budgets) - 1)) if budgets else None
                 ),
+                min_replicas=draw(st.sampled_from([1, 1, 1, 2, 3])) if by_throughput else 1,
             )
         )
         offers = draw(
@@ -147,6 +148,7 @@ def broken_rules(p: Problem, w: int, x: IntMatrix) -> dict[str, BoolArray]:
         assert wl.min_throughput is not None
         tput = p.col_throughput[cols]
         broken["throughput below target"] = some & (x @ tput < wl.min_throughput * (1 - 1e-9))
+        broken["fewer replicas than min_replicas"] = some & (n < wl.min_replicas)
         broken["replica without throughput"] = on(tput <= 0) > 0
     broken["too few regions"] = some & (distinct(region) < wl.min_distinct_regions)
     broken["too few providers"] = some & (distinct(provider) < wl.min_distinct_providers)
@@ -240,7 +242,7 @@ def most_replicas(p: Problem, w: int) -> int:
     tput = p.col_throughput[columns_of(p, w)]
     if not (tput > 0).any():
         return 0
-    slowest = math.ceil(wl.min_throughput / tput[tput > 0].min() - 1e-9)
+    slowest = max(math.ceil(wl.min_throughput / tput[tput > 0].min() - 1e-9), wl.min_replicas)
     spread = wl.min_distinct_regions + wl.min_distinct_providers
     shares = [s for s in (wl.max_share_per_provider, wl.max_spot_share) if 0 < s < 1]
     return 2 * math.ceil(1 / min(shares)) * (slowest + spread) if shares else slowest + spread
@@ -326,7 +328,7 @@ def greedy(p: Problem) -> IntMatrix:
         mine = np.zeros(len(cols), dtype=np.int64)
         room, budget = free.copy(), left.copy()
         while not (
-            bool(mine @ tput >= wl.min_throughput)
+            bool(mine @ tput >= wl.min_throughput and mine.sum() >= wl.min_replicas)
             if wl.min_throughput is not None
             else int(mine.sum()) >= full
         ):
