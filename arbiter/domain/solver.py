@@ -13,6 +13,7 @@ The model (HiGHS, built in bulk from numpy arrays), solved lexicographically::
     x_j ∈ ℤ, 0 ≤ x_j ≤ ub_j                       replicas of workload w(j) on offer o(j)
     Σ_{j∈w} x_j + u_w = replicas_w                (replica-sized; u_w ∈ ℤ, 0..replicas_w)
     Σ_{j∈w} tput_j·x_j ≥ min_throughput_w · z_w   (throughput-sized; z_w ∈ {0,1})
+    Σ_{j∈w} x_j ≥ min_replicas_w · z_w            (throughput-sized, if more than 1)
     y_{w,r} ≤ Σ_{j∈w,r} x_j,  y ∈ [0,1]           (a region counts only if it has a replica)
     Σ_r y_{w,r} ≥ min_distinct_regions_w · z_w    (same for providers)
     Σ_{j∈w,p} x_j ≤ share·Σ_{j∈w} x_j             (per provider, and on spot)
