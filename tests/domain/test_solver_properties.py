@@ -494,10 +494,18 @@ def test_minimal_patterns_are_the_least_replica_counts_that_reach_a_target(
         assert {tuple(int(n) for n in row) for row in patterns} == expected
 
 
-def _model(p: Problem) -> solver._Model:
+def _reduced(
+    p: Problem,
+) -> tuple[solver._Demands, solver._Candidates, IntMatrix, solver._Model]:
+    """The problem as the solver models it: demands, candidates, kept columns, model."""
     d = solver._Demands.of(p.workloads)
     c = solver._prepare(p, d)
-    return solver._build(p, d, c, solver._reduce(p, d, c))
+    cols = solver._reduce(p, d, c)
+    return d, c, cols, solver._build(p, d, c, cols)
+
+
+def _model(p: Problem) -> solver._Model:
+    return _reduced(p)[3]
 
 
 def _optimum(model: solver._Model, cost: FloatArray) -> float:
@@ -588,12 +596,9 @@ def test_the_parts_gap_bounds_the_cost_above_the_optimum(p: Problem) -> None:
 @PROPERTY
 @given(MEDIUM)
 def test_the_lp_start_keeps_every_rule(p: Problem) -> None:
-    d = solver._Demands.of(p.workloads)
-    c = solver._prepare(p, d)
-    cols = solver._reduce(p, d, c)
+    d, c, cols, model = _reduced(p)
     if len(cols) == 0:
         return
-    model = solver._build(p, d, c, cols)
     x, _, _ = solver._lp_start(p, d, c, model, time_limit=30.0)
     assert x is not None
     replicas = np.zeros(p.n_columns, dtype=np.int64)
@@ -727,12 +732,9 @@ def _phase_two_optimum(model: solver._Model, fewest: int) -> float:
 @PROPERTY
 @given(MEDIUM)
 def test_the_lagrangian_bound_lies_between_the_lp_bound_and_the_optimum(p: Problem) -> None:
-    d = solver._Demands.of(p.workloads)
-    c = solver._prepare(p, d)
-    cols = solver._reduce(p, d, c)
+    d, c, cols, model = _reduced(p)
     if len(cols) == 0:
         return
-    model = solver._build(p, d, c, cols)
     _, _, lp = solver._lp_start(p, d, c, model, time_limit=30.0)
     assert lp is not None
     fewest = round(_optimum(model, solver._units_cost(model)) + model.units_offset)
@@ -795,9 +797,7 @@ def test_the_lagrangian_bound_of_an_uncoupled_workload_is_its_integer_optimum() 
         offer_spot=np.array([False, False]),
         offer_capacity_gpus=np.array([np.inf, np.inf]),
     )
-    d = solver._Demands.of(p.workloads)
-    c = solver._prepare(p, d)
-    model = solver._build(p, d, c, solver._reduce(p, d, c))
+    d, c, _, model = _reduced(p)
     _, _, lp = solver._lp_start(p, d, c, model, time_limit=30.0)
     assert lp is not None
     relaxed, _ = solver._cost_lp(lp, model, 0)
